@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,7 +16,7 @@ class ConfigError(ValueError):
 
 
 def _round_up(x: float, multiple: int) -> int:
-    return int(-(-int(round(x)) // multiple) * multiple)
+    return int(math.ceil(x / multiple) * multiple)
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ class GPTConfig:
     depth: int = 4
     heads: int = 4
     mlp: str = "swiglu"  # swiglu | gelu
-    # Hidden size of the MLP. None: 4*width for gelu; 8/3*width rounded up to a multiple of 32 for
-    # swiglu, which keeps the MLP's parameter count (and FLOPs) close to the gelu MLP's.
+    # Hidden size of the MLP. None: 4*width for gelu; 8/3*width rounded up for
+    # swiglu (a multiple of 16), which keeps the MLP's parameter count (and FLOPs) close to the gelu MLP's.
     mlp_hidden: Optional[int] = None
     norm: str = "rmsnorm"  # rmsnorm | layernorm
     rotary: bool = True  # rotary positions; False gives learned absolute position embeddings
@@ -77,7 +78,7 @@ class GPTConfig:
             return self.mlp_hidden
         if self.mlp == "gelu":
             return 4 * self.width
-        return _round_up(8 * self.width / 3, 32)
+        return _round_up(8 * self.width / 3, 16)
 
     def replace(self, **changes) -> "GPTConfig":
         return dataclasses.replace(self, **changes)
