@@ -96,10 +96,15 @@ def _launch_config(V):
 
 
 def _chunk_rows(n, V, dtype, chunk_size):
-    if chunk_size is None:
-        bytes_per_row = V * torch.empty((), dtype=dtype).element_size()
-        chunk_size = max(1, CHUNK_BYTES // bytes_per_row)
-    return max(1, min(int(chunk_size), max(n, 1)))
+    """Tokens per chunk: `chunk_size` if given, else the most that fit CHUNK_BYTES of logits,
+    evened out over the chunks (8192 tokens with room for 2670 -> 4 chunks of 2048, not 3 full + a sliver)."""
+    n = max(n, 1)
+    if chunk_size is not None:
+        return max(1, min(int(chunk_size), n))
+    bytes_per_row = V * torch.empty((), dtype=dtype).element_size()
+    rows = max(1, min(CHUNK_BYTES // bytes_per_row, n))
+    n_chunks = -(-n // rows)
+    return -(-n // n_chunks)
 
 
 def _forward_chunks(x, w, targets, ignore_index, chunk_size, need_grad_x, need_grad_w):

@@ -72,8 +72,8 @@ def _launch_config(half):
     block_h = triton.next_power_of_2(half)
     if interpreter_on():
         return 16, block_h, 1
-    block_t = max(1, min(64, 4096 // block_h))
-    return block_t, block_h, 4
+    block_t = max(1, min(64, 2048 // block_h))
+    return block_t, block_h, 4 if block_t * block_h <= 1024 else 8
 
 
 def _rotate(x, cos, sin, inverse):
