@@ -201,7 +201,7 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
-    from bench.timing import device_info, format_table, peak_memory_mb, slug, time_cpu, time_cuda, write_results
+    from bench.timing import command_line, device_info, format_table, peak_memory_mb, slug, time_cpu, time_cuda, write_results
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("bench/kernels.py times GPU kernels and needs CUDA; on a CPU use --smoke (checks that it runs)")
@@ -297,7 +297,7 @@ def main(argv=None):
                 torch.cuda.empty_cache()
 
     payload = dict(info)
-    payload["command"] = "python bench/kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload["command"] = command_line("bench/kernels.py", argv)
     payload["settings"] = {"warmup": args.warmup, "reps": args.reps, "timer": "perf_counter" if args.smoke else "cuda events"}
     payload["results"] = rows
     if errors:

@@ -105,8 +105,15 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
 
 
-def command_line() -> str:
-    return " ".join(["python"] + [os.path.relpath(sys.argv[0])] + sys.argv[1:]) if sys.argv else ""
+def command_line(script: str | None = None, argv: Sequence[str] | None = None) -> str:
+    """The command that produced a result file, e.g. 'python bench/kernels.py --reps 100'."""
+    script = script if script is not None else (sys.argv[0] if sys.argv else "")
+    try:
+        script = os.path.relpath(script)
+    except ValueError:
+        pass
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", script] + args)
 
 
 def write_results(path, payload: dict) -> Path:
