@@ -1,0 +1,142 @@
+"""Training sequences and the fixed validation batches.
+
+`TrainSequences` makes the training stream a pure function of the sequence index: window w of
+the train shard is tokens[w*seq_len : w*seq_len + seq_len + 1] (consecutive windows share one
+token, so every token but the first is a target exactly once per epoch); sequence i of the
+infinite stream is window perm_e[i % count] of epoch e = i // count, where perm_e is a
+permutation seeded by (seed, e). Resuming at step k, or giving rank r of R the sequences
+r, r+R, ..., needs no state beyond the index.
+
+The permutation comes from the raw output of a PCG64 generator seeded with SeedSequence
+([seed, epoch]) (argsort of its 64-bit words), which NumPy keeps stable across versions, so a
+run resumes to the same batches after an upgrade.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from .config import DataError
+
+
+def _tokens(shard: Any) -> np.ndarray:
+    return shard.tokens if hasattr(shard, "tokens") else np.asarray(shard)
+
+
+def _to_tensors(arr: np.ndarray):
+    import torch
+
+    a = torch.from_numpy(arr.astype(np.int64, copy=False))
+    return a[:, :-1].contiguous(), a[:, 1:].contiguous()
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> np.ndarray:
+    bits = np.random.PCG64(np.random.SeedSequence([seed, epoch]))
+    return np.argsort(bits.random_raw(count), kind="stable")
+
+
+class TrainSequences:
+    """Non-overlapping training windows of `seq_len + 1` tokens, visited in a seeded permutation
+    per epoch. `get(start, n)` returns sequences start..start+n-1 as int64 CPU tensors (x, y) of
+    shape (n, seq_len), y being x shifted by one token."""
+
+    _KEEP_EPOCHS = 2
+
+    def __init__(self, shard: Any, seq_len: int, seed: int = 0) -> None:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+            raise DataError(f"model.seq_len must be a positive integer, got {seq_len!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise DataError(f"train.seed must be a non-negative integer, got {seed!r}")
+        self.shard = shard
+        self.tokens = _tokens(shard)
+        self.seq_len = int(seq_len)
+        self.seed = int(seed)
+        n = int(self.tokens.shape[0])
+        self.count = (n - 1) // self.seq_len if n > 0 else 0
+        if self.count < 1:
+            raise DataError(
+                f"the train split has {n} tokens, fewer than model.seq_len + 1 = {self.seq_len + 1}: "
+                "use a larger corpus or a shorter model.seq_len"
+            )
+        self._offsets = np.arange(self.seq_len + 1, dtype=np.int64)
+        self._perms: Dict[int, np.ndarray] = {}
+
+    @property
+    def unique_tokens(self) -> int:
+        """Target tokens one epoch covers: what a run trains on before repeating data."""
+        return self.count * self.seq_len
+
+    def __len__(self) -> int:
+        return self.count
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        p = self._perms.get(epoch)
+        if p is None:
+            p = epoch_permutation(self.count, self.seed, epoch)
+            while len(self._perms) >= self._KEEP_EPOCHS:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[epoch] = p
+        return p
+
+    def windows(self, start: int, n: int) -> np.ndarray:
+        """Window indices of sequences start..start+n-1."""
+        if start < 0 or n < 0:
+            raise ValueError(f"start and n must be non-negative, got start={start}, n={n}")
+        idx = np.arange(start, start + n, dtype=np.int64)
+        epochs = idx // self.count
+        pos = idx % self.count
+        out = np.empty(n, dtype=np.int64)
+        for e in np.unique(epochs):
+            m = epochs == e
+            out[m] = self.permutation(int(e))[pos[m]]
+        return out
+
+    def epoch(self, index: int) -> int:
+        return int(index) // self.count
+
+    def get_numpy(self, start: int, n: int) -> np.ndarray:
+        """(n, seq_len + 1) array of the windows of sequences start..start+n-1 (shard dtype)."""
+        w = self.windows(start, n)
+        return np.asarray(self.tokens[w[:, None] * self.seq_len + self._offsets[None, :]])
+
+    def get(self, start: int, n: int):
+        return _to_tensors(self.get_numpy(start, n))
+
+
+def val_windows(n_tokens: int, seq_len: int, val_tokens: int) -> int:
+    """How many validation windows val_batches makes."""
+    return (min(val_tokens + 1, n_tokens) - 1) // seq_len if n_tokens > 0 else 0
+
+
+def val_batches(shard: Any, seq_len: int, val_tokens: int, batch_size: int) -> List[Tuple[Any, Any]]:
+    """The fixed validation set: the first `val_tokens` target tokens of the val split, cut into
+    windows of seq_len + 1 tokens starting at multiples of seq_len (as for training), in order,
+    grouped into batches of `batch_size` windows (the last may be smaller). Identical for
+    every run with the same data and seq_len."""
+    if seq_len < 1 or batch_size < 1 or val_tokens < 1:
+        raise DataError(
+            f"val_batches needs positive seq_len, val_tokens and batch_size; got {seq_len}, {val_tokens}, {batch_size}"
+        )
+    toks = _tokens(shard)
+    n = int(toks.shape[0])
+    if n < seq_len + 1:
+        raise DataError(
+            f"the val split has {n} tokens, fewer than model.seq_len + 1 = {seq_len + 1}: raise "
+            "data.val_fraction, use a larger corpus or a shorter model.seq_len"
+        )
+    if n < val_tokens + 1:
+        warnings.warn(
+            f"the val split has {n} tokens, fewer than data.val_tokens={val_tokens}; validating on "
+            f"the {((n - 1) // seq_len) * seq_len} target tokens there are",
+            stacklevel=2,
+        )
+    count = val_windows(n, seq_len, val_tokens)
+    arr = np.asarray(toks[: count * seq_len + 1])
+    offsets = np.arange(seq_len + 1, dtype=np.int64)
+    batches = []
+    for b in range(0, count, batch_size):
+        w = np.arange(b, min(b + batch_size, count), dtype=np.int64)
+        batches.append(_to_tensors(arr[w[:, None] * seq_len + offsets[None, :]]))
+    return batches
