@@ -1,0 +1,275 @@
+"""Hydra structured configs for `python -m train`, and their validation.
+
+The schema is registered in Hydra's ConfigStore so that unknown keys and wrongly typed values are
+rejected while the config is composed; `validate()` then checks values and their relations and
+returns typed objects. Every error names the key, the bad value and what would be valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import time
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from model.config import ConfigError, GPTConfig
+from train.data import DataConfig, DataError
+
+
+def _model_schema():
+    """The `model` group's schema: GPTConfig's fields (one source of truth), with vocab_size
+    optional (null: taken from the data) and `shape`, a "WIDTHxDEPTHxHEADS" shorthand for sweeps."""
+    hints = typing.get_type_hints(GPTConfig)
+    fields = []
+    for f in dataclasses.fields(GPTConfig):
+        if f.name == "vocab_size":
+            fields.append((f.name, Optional[int], field(default=None)))
+        else:
+            fields.append((f.name, hints[f.name], field(default=f.default)))
+    fields.append(("shape", Optional[str], field(default=None)))
+    return dataclasses.make_dataclass("ModelSchema", fields)
+
+
+ModelSchema = _model_schema()
+
+SCHEDULES = ("cosine", "wsd", "constant")
+LR_RULES = ("porian", "deepseek")
+BATCH_RULES = ("porian", "deepseek")
+RESUME = ("auto", "never")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bf16", "fp32")
+PARALLEL = ("ddp", "fsdp")
+LOGGERS = ("wandb", "jsonl", "none")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class OptimConfig:
+    lr: Optional[float] = 3e-3  # null: follow optim.lr_rule
+    lr_rule: str = "porian"
+    schedule: str = "cosine"  # cosine | wsd | constant
+    min_lr_ratio: float = 0.1  # cosine / wsd end at lr * min_lr_ratio
+    warmup: Optional[float] = 0.05  # < 1: fraction of the run's steps; >= 1: steps; null: N tokens (Porian et al.)
+    wsd_decay: float = 0.2  # WSD: fraction of steps spent in the final linear decay
+    beta1: float = 0.9
+    beta2: Optional[float] = 0.95  # null: 0.99 up to 220M non-embedding params, 0.95 above (Porian et al.)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    tokens: Optional[int] = 3_000_000  # tokens to train; ignored when budget or tokens_per_param is set
+    budget: Optional[float] = None  # training FLOPs (exact convention); tokens = budget / FLOPs per token
+    tokens_per_param: Optional[float] = None  # tokens = this x non-embedding params
+    batch_tokens: Optional[int] = 8192  # global batch in tokens; null: follow train.batch_rule
+    batch_rule: str = "porian"
+    micro_batch: Optional[int] = None  # sequences per device per micro-step; null: as many as fit a default cap
+    seed: int = 0
+    resume: str = "auto"  # auto: continue from the run dir's latest checkpoint; never: start over
+    eval_every: int = 100  # steps; 0: only at the end
+    ckpt_every: int = 200  # steps; 0: only at the end
+    log_every: int = 10
+    min_steps: int = 20  # a run with fewer optimizer steps is recorded as skipped
+    max_epochs: float = 1.0  # a run needing more passes over the training tokens is recorded as skipped
+    diverge_ratio: float = 2.0  # after warmup, train loss above this x its best so far (smoothed) ends the run
+    compile: bool = False
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    parallel: str = "ddp"  # multi-process strategy under torchrun: ddp | fsdp (FSDP2 fully_shard)
+    dist_timeout_s: int = 600  # collectives that wait longer end the run as failed instead of hanging
+    name: Optional[str] = None  # run name (wandb, records); default: the run dir's name
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "jsonl"  # wandb | jsonl | none  (metrics.jsonl is written unless none)
+    project: str = "scalelab"
+    entity: Optional[str] = None
+    mode: str = "auto"  # wandb: auto = online when an API key is configured, else offline
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepConfig:
+    """Set by conf/sweep/*.yaml; empty for a single run."""
+
+    name: Optional[str] = None
+    preset: str = "auto"
+    presets: Any = None
+    fit: bool = True  # run the fit and report when the multirun ends
+
+
+@dataclass
+class Config:
+    model: ModelSchema = field(default_factory=ModelSchema)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    # The root schema types every group's node, so group files (conf/model/*.yaml, ...) merge into
+    # typed configs and cannot add keys.
+    cs.store(name="schema", node=Config)
+
+
+def run_stamp() -> str:
+    """A run-dir name every process of one launch agrees on: torchrun gives all its workers the
+    same TORCHELASTIC_RUN_ID and SLURM the same job id; a lone process uses the time."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("TORCHELASTIC_RUN_ID") != "none":
+        return time.strftime("%Y-%m-%d") + "_torchrun-" + os.environ["TORCHELASTIC_RUN_ID"][:12]
+    if os.environ.get("SLURM_JOB_ID"):
+        return "slurm-" + os.environ["SLURM_JOB_ID"] + "-" + os.environ.get("SLURM_ARRAY_TASK_ID", "0")
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _rank_suffix() -> str:
+    rank = int(os.environ.get("RANK", "0"))
+    return "" if rank == 0 else f".rank{rank}"
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
+
+
+# ----------------------------------------------------------------------------------- validation
+
+
+def _one_of(key: str, value, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {tuple(valid)}, got {value!r}")
+
+
+def _positive(key: str, value, allow_none=False, integer=False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and isinstance(value, int)
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{key} must be {kind}{' or null' if allow_none else ''}, got {value!r}")
+
+
+def _non_negative(key: str, value, integer=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if integer:
+        ok = ok and isinstance(value, int)
+    if not ok:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated, typed settings of one run (model.vocab_size may still be None: from the data)."""
+
+    model: dict
+    data: DataConfig
+    optim: OptimConfig
+    train: TrainConfig
+    logger: LoggerConfig
+    sweep: SweepConfig
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(**{**self.model, "vocab_size": self.model["vocab_size"] or vocab_size})
+
+
+def parse_shape(shape: str) -> dict:
+    parts = shape.lower().split("x")
+    try:
+        width, depth, heads = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"model.shape must look like WIDTHxDEPTHxHEADS (e.g. 128x4x4), got {shape!r}") from None
+    return {"width": width, "depth": depth, "heads": heads}
+
+
+def _check_known_keys(cfg, schema, prefix: str = "") -> None:
+    """Hydra's `+key=value` can add keys even to a structured config; reject any the schema lacks."""
+    from omegaconf import DictConfig
+
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    for key in cfg.keys():
+        if key not in names:
+            guess = difflib.get_close_matches(str(key), list(names), n=1)
+            hint = f" (did you mean {prefix}{guess[0]}?)" if guess else ""
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}; valid keys under "
+                              f"{prefix.rstrip('.') or 'the root'}: {', '.join(sorted(names))}")
+        sub_schema = names[key].default_factory if dataclasses.is_dataclass(
+            getattr(names[key], "default_factory", None)) else None
+        node = cfg._get_node(key)
+        if sub_schema is not None and isinstance(node, DictConfig):
+            _check_known_keys(node, sub_schema, f"{prefix}{key}.")
+
+
+def validate(cfg) -> RunConfig:
+    """Check a composed config (DictConfig or Config) and return a RunConfig. Raises ConfigError."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(cfg, Config):
+        _check_known_keys(cfg, Config)
+    try:
+        obj = OmegaConf.to_object(cfg) if not isinstance(cfg, Config) else cfg
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    model = dataclasses.asdict(obj.model)
+    shape = model.pop("shape")
+    if shape:
+        model.update(parse_shape(shape))
+    if model["vocab_size"] is not None:
+        _positive("model.vocab_size", model["vocab_size"], integer=True)
+    GPTConfig(**{**model, "vocab_size": model["vocab_size"] or 256})  # checks every model key now
+
+    o, t, lg = obj.optim, obj.train, obj.logger
+    _positive("optim.lr", o.lr, allow_none=True)
+    _one_of("optim.lr_rule", o.lr_rule, LR_RULES)
+    _one_of("optim.schedule", o.schedule, SCHEDULES)
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio!r}")
+    if o.warmup is not None:
+        _non_negative("optim.warmup", o.warmup)
+    if not 0 < o.wsd_decay <= 1:
+        raise ConfigError(f"optim.wsd_decay must be in (0, 1], got {o.wsd_decay!r}")
+    for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
+    _positive("optim.eps", o.eps)
+    _non_negative("optim.weight_decay", o.weight_decay)
+    _non_negative("optim.grad_clip", o.grad_clip)
+
+    _positive("train.tokens", t.tokens, allow_none=True, integer=True)
+    _positive("train.budget", t.budget, allow_none=True)
+    _positive("train.tokens_per_param", t.tokens_per_param, allow_none=True)
+    if t.tokens is None and t.budget is None and t.tokens_per_param is None:
+        raise ConfigError("set one of train.tokens, train.budget (FLOPs) or train.tokens_per_param")
+    if t.budget is not None and t.tokens_per_param is not None:
+        raise ConfigError("train.budget and train.tokens_per_param both set: choose one")
+    _positive("train.batch_tokens", t.batch_tokens, allow_none=True, integer=True)
+    _one_of("train.batch_rule", t.batch_rule, BATCH_RULES)
+    _positive("train.micro_batch", t.micro_batch, allow_none=True, integer=True)
+    _one_of("train.resume", t.resume, RESUME)
+    for key in ("eval_every", "ckpt_every", "min_steps"):
+        _non_negative(f"train.{key}", getattr(t, key), integer=True)
+    _positive("train.log_every", t.log_every, integer=True)
+    _positive("train.max_epochs", t.max_epochs)
+    if not t.diverge_ratio > 1:
+        raise ConfigError(f"train.diverge_ratio must be > 1, got {t.diverge_ratio!r}")
+    _one_of("train.device", t.device, DEVICES)
+    _one_of("train.dtype", t.dtype, DTYPES)
+    _one_of("train.parallel", t.parallel, PARALLEL)
+    _positive("train.dist_timeout_s", t.dist_timeout_s, integer=True)
+    _one_of("logger.kind", lg.kind, LOGGERS)
+    _one_of("logger.mode", lg.mode, WANDB_MODES)
+    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=obj.sweep)

@@ -1,0 +1,87 @@
+"""Hyperparameters that follow model size or compute, by written rules (never hand-tuned per run).
+
+A run's config either gives a value (optim.lr, train.batch_tokens, optim.warmup, optim.beta2) or
+leaves it null, and then the rule below decides. N is the non-embedding parameter count (all
+linear layers incl. the output head: the "standard" count of Porian et al. 2024); C is the run's
+training compute in FLOPs (exact convention).
+
+- porian:   lr = 3.7 * N^-0.36;  batch = 0.00037 * N^0.703 sequences of 2048 tokens
+            (Porian et al. 2024, "Resolving Discrepancies in Compute-Optimal Scaling of LMs", tuned fits)
+- deepseek: lr = 0.3118 * C^-0.125;  batch = 0.2920 * C^0.3271 tokens  (DeepSeek LLM, Bi et al. 2024)
+- warmup (null): N tokens, i.e. ceil(N / batch_tokens) steps (Porian et al.'s short warmup), at most 25% of the run
+- beta2 (null): 0.99 up to 220M parameters, 0.95 above (Porian et al.: beta2 matters at small batch)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from model.config import ConfigError
+
+
+def lr_rule(rule: str, n_params: int, compute: float) -> float:
+    if rule == "porian":
+        return 3.7 * n_params ** -0.36
+    return 0.3118 * compute ** -0.125
+
+
+def batch_tokens_rule(rule: str, n_params: int, compute: float) -> float:
+    if rule == "porian":
+        return 0.00037 * n_params ** 0.703 * 2048
+    return 0.2920 * compute ** 0.3271
+
+
+def beta2_rule(n_params: int) -> float:
+    return 0.99 if n_params <= 220e6 else 0.95
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run will do, decided before any training step."""
+
+    tokens: int  # tokens actually trained = steps * batch_tokens
+    batch_tokens: int
+    steps: int
+    warmup_steps: int
+    lr: float
+    beta2: float
+    requested_tokens: float
+
+
+def plan_run(optim, train, seq_len: int, world_size: int, n_params: int, flops_per_token: float) -> Plan:
+    if train.budget is not None:
+        requested = train.budget / flops_per_token
+    elif train.tokens_per_param is not None:
+        requested = train.tokens_per_param * n_params
+    else:
+        requested = float(train.tokens)
+    compute = requested * flops_per_token
+
+    unit = seq_len * world_size  # every rank gets whole sequences
+    if train.batch_tokens is None:
+        raw = batch_tokens_rule(train.batch_rule, n_params, compute)
+        batch_tokens = max(unit, int(round(raw / unit)) * unit)
+    else:
+        batch_tokens = train.batch_tokens
+        if batch_tokens % unit:
+            lo = max(unit, batch_tokens // unit * unit)
+            raise ConfigError(
+                f"train.batch_tokens={batch_tokens} must be a multiple of model.seq_len x world size = "
+                f"{seq_len} x {world_size} = {unit}; nearest valid: {lo} or {lo + unit}"
+            )
+        if train.budget is None and train.tokens_per_param is None and batch_tokens > requested:
+            raise ConfigError(
+                f"train.batch_tokens={batch_tokens} is larger than the whole run (train.tokens={train.tokens}); "
+                f"use train.batch_tokens <= {int(requested) // unit * unit} or more train.tokens"
+            )
+    steps = max(1, int(round(requested / batch_tokens)))
+    if optim.warmup is None:
+        warmup = min(math.ceil(n_params / batch_tokens), steps // 4)
+    elif optim.warmup < 1:
+        warmup = int(round(optim.warmup * steps))
+    else:
+        warmup = int(optim.warmup)
+    lr = optim.lr if optim.lr is not None else lr_rule(optim.lr_rule, n_params, compute)
+    beta2 = optim.beta2 if optim.beta2 is not None else beta2_rule(n_params)
+    return Plan(tokens=steps * batch_tokens, batch_tokens=batch_tokens, steps=steps, warmup_steps=warmup,
+                lr=lr, beta2=beta2, requested_tokens=requested)
