@@ -607,6 +607,8 @@ def test_val_batches_short_split_warns_or_fails():
     assert sum(x.shape[0] for x, _ in v) == (300 - 1) // 64
     with pytest.raises(DataError, match=r"val split has 300 tokens, fewer than model\.seq_len \+ 1"):
         val_batches(shard, 512, 10000, 2)
+    with pytest.raises(DataError, match=r"data\.val_tokens=32 is smaller than model\.seq_len=64"):
+        val_batches(shard, 64, 32, 2)
 
 
 # ------------------------------------------------------------------------- concurrency

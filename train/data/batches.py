@@ -126,6 +126,11 @@ def val_batches(shard: Any, seq_len: int, val_tokens: int, batch_size: int) -> L
             f"the val split has {n} tokens, fewer than model.seq_len + 1 = {seq_len + 1}: raise "
             "data.val_fraction, use a larger corpus or a shorter model.seq_len"
         )
+    if val_tokens < seq_len:
+        raise DataError(
+            f"data.val_tokens={val_tokens} is smaller than model.seq_len={seq_len}: the validation set "
+            "would hold no whole window; raise data.val_tokens"
+        )
     if n < val_tokens + 1:
         warnings.warn(
             f"the val split has {n} tokens, fewer than data.val_tokens={val_tokens}; validating on "
