@@ -138,11 +138,16 @@ def _rank_suffix() -> str:
     return "" if rank == 0 else f".rank{rank}"
 
 
+def _rank_zero_only(value):
+    return value if int(os.environ.get("RANK", "0")) == 0 else None
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
+    OmegaConf.register_new_resolver("rank_zero_only", _rank_zero_only, replace=True)
 
 
 # ----------------------------------------------------------------------------------- validation

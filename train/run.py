@@ -7,6 +7,7 @@ Every outcome is written to summary.json; only bad input exits non-zero outside 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -60,6 +61,7 @@ def execute(cfg, run_dir: Path, yaml_text: str, in_sweep: bool) -> int:
         say(f"{run_dir} already {previous['status']}; nothing to do (train.resume=never starts over)")
         return 0
 
+    signal.signal(signal.SIGTERM, _terminated)  # torchrun / SLURM stop workers with SIGTERM
     info = D.setup(run.train.device, run.train.dist_timeout_s)
     agreed = D.broadcast_object(str(run_dir.resolve()))
     if agreed != str(run_dir.resolve()):
@@ -88,6 +90,14 @@ def execute(cfg, run_dir: Path, yaml_text: str, in_sweep: bool) -> int:
         return 0 if in_sweep else 1
     finally:
         D.teardown()
+
+
+class Terminated(Exception):
+    pass
+
+
+def _terminated(signum, frame):
+    raise Terminated("stopped by SIGTERM (another rank failed, or the job was cancelled or preempted)")
 
 
 def _bad_input(message: str, run_dir: Optional[Path], in_sweep: bool) -> int:

@@ -1,0 +1,113 @@
+"""torchrun on CPU (gloo): same result as one process with the same global batch, one run record,
+resume across world sizes, and a dead rank ending the run as failed instead of hanging."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_train import REPO, TINY, metrics, run_train, summary
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun tests run on Linux")
+
+
+def torchrun(args, run_dir, cache_dir, nproc=2, check=True, timeout=300, wait=True):
+    env = {**os.environ, "SCALELAB_CACHE": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "train", *args, f"hydra.run.dir={run_dir}"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    p = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dist-cache")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_same_global_batch(tmp_path, cache_dir, parallel):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train(TINY, one, cache_dir)
+    torchrun(TINY + [f"train.parallel={parallel}"], two, cache_dir)
+    a, b = summary(one), summary(two)
+    assert b["status"] == "completed" and b["world_size"] == 2 and a["world_size"] == 1
+    assert abs(a["final_val_loss"] - b["final_val_loss"]) / a["final_val_loss"] < 0.002
+    assert a["tokens"] == b["tokens"] and a["steps"] == b["steps"]
+    # exactly one run folder, one record, nothing per rank beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert len(list(tmp_path.rglob("summary.json"))) == 2
+    assert len(list(two.rglob("metrics.jsonl"))) == 1 and len(list(two.glob(".hydra"))) == 1
+    rows = [r for r in metrics(two) if "train_loss" in r]
+    assert [r["step"] for r in rows] == [r["step"] for r in metrics(one) if "train_loss" in r]
+
+
+def test_resume_on_another_world_size(tmp_path, cache_dir):
+    args = TINY + ["train.tokens=81920", "train.ckpt_every=10", "train.eval_every=40"]
+    ref = tmp_path / "ref"
+    run_train(args, ref, cache_dir)
+    # one process trains part of the run (it is stopped at its first checkpoints) ...
+    part = tmp_path / "part"
+    env = {**os.environ, "SCALELAB_CACHE": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args, f"hydra.run.dir={part}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (part / "ckpt" / "step_00000020.pt").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (part / "ckpt" / "step_00000020.pt").exists()
+    # ... and two processes finish it
+    p = torchrun(args, part, cache_dir)
+    s = summary(part)
+    assert s["status"] == "completed" and s["world_size"] == 2
+    assert abs(s["final_val_loss"] - summary(ref)["final_val_loss"]) < 1e-4, p.stdout
+
+
+def _worker_pids(parent_pid):
+    """PIDs of torchrun's workers, by the RANK in their environment."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes().split(b"\0")
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid != parent_pid:
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(d.name)
+    return found
+
+
+def test_a_dead_rank_fails_the_run_instead_of_hanging(tmp_path, cache_dir):
+    run_dir = tmp_path / "dead"
+    args = TINY + ["train.tokens=2048000", "train.dist_timeout_s=60"]
+    proc = torchrun(args, run_dir, cache_dir, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "ckpt").exists():
+        time.sleep(0.1)
+    workers = _worker_pids(proc.pid)
+    assert 1 in workers, f"no rank-1 worker found under torchrun {proc.pid}: {workers}"
+    os.kill(workers[1], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "failed", (s, out[-3000:])
+    assert s["reason"]
