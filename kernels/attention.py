@@ -20,12 +20,16 @@ to blocks that cross it. Any sequence length works (ragged tails are masked); he
 every matmul accumulates in float32. The softmax scale is 1/sqrt(head_dim); log2(e) is folded
 into it so the kernels use exp2 (one MUFU instruction on NVIDIA GPUs).
 
+float32 inputs use IEEE float32 matmuls unless torch.backends.cuda.matmul.allow_tf32 is set (then
+TF32), mirroring torch; float32 is a correctness path, bfloat16/float16 are the fast ones.
+
 Block sizes are autotuned on CUDA (keyed on seq length, head_dim and causal). Under the Triton
 interpreter (TRITON_INTERPRET=1, the CPU test suite) one small fixed configuration is used
 (`_INTERPRET_BLOCKS`) so tests stay fast and still cross several block boundaries.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -136,6 +140,10 @@ if triton is not None:
                          HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
+        if CAUSAL:
+            # Causal work grows with the query index: launch the heaviest blocks first so the
+            # cheap ones fill the tail of the last wave.
+            pid_m = tl.num_programs(0) - 1 - pid_m
         pid_bh = tl.program_id(1)
         Q += _bh_offset(pid_bh, H, stride_qz, stride_qh)
         K += _bh_offset(pid_bh, H, stride_kz, stride_kh)
@@ -238,7 +246,7 @@ if triton is not None:
                               H, N_CTX, qk_scale, sm_scale,
                               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_n = tl.program_id(0)
+        pid_n = tl.program_id(0)  # causal: low key blocks see the most queries and already go first
         pid_bh = tl.program_id(1)
         Q += _bh_offset(pid_bh, H, stride_qz, stride_qh)
         K += _bh_offset(pid_bh, H, stride_kz, stride_kh)
@@ -316,6 +324,8 @@ if triton is not None:
                             HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_m = tl.program_id(0)
+        if CAUSAL:  # heaviest query blocks first, as in the forward
+            pid_m = tl.num_programs(0) - 1 - pid_m
         pid_bh = tl.program_id(1)
         Q += _bh_offset(pid_bh, H, stride_qz, stride_qh)
         K += _bh_offset(pid_bh, H, stride_kz, stride_kh)
@@ -358,34 +368,61 @@ if triton is not None:
                  mask=row_ok[:, None])
 
     # ------------------------------------------------------------------------- autotuning ----
-    # Hopper-oriented search spaces. Causal masking needs the outer block to be a multiple of the
-    # inner one (the diagonal starts on an inner-block edge); configs breaking that are pruned.
+    # Hopper-oriented candidates (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages). Each
+    # call prunes them for its head_dim and dtype before timing:
+    #   - causal masking needs the outer tile to be a multiple of the inner one (the diagonal must
+    #     start on an inner-tile edge);
+    #   - fp32 accumulator + score tiles above ~160 registers per thread spill (calibrated by
+    #     compiling every candidate for sm_90a and reading `ptxas -v`);
+    #   - Q/K/V/dO tiles (pipelined ones times num_stages) must fit 227 KiB of shared memory.
 
-    def _configs(outer_inner_pairs, warps=(4, 8), stages=(2, 3, 4)):
-        return [
-            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn in outer_inner_pairs for w in warps for s in stages
-        ]
+    def _cfgs(*rows):
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+                for bm, bn, w, s in rows]
 
-    def _prune_outer_m(configs, named_args, **kwargs):  # fwd / dQ: BLOCK_M is the outer block
-        return [c for c in configs if c.kwargs["BLOCK_M"] % c.kwargs["BLOCK_N"] == 0]
+    _FWD_CONFIGS = _cfgs((64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3), (128, 64, 4, 3),
+                         (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3))
+    _DKDV_CONFIGS = _cfgs((32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 8, 2), (32, 128, 8, 3),
+                          (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (64, 128, 8, 3))
+    _DQ_CONFIGS = _cfgs((64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3),
+                        (128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3))
+    _SMEM_LIMIT = 227 * 1024
+    _REG_LIMIT = 160
 
-    def _prune_outer_n(configs, named_args, **kwargs):  # dK/dV: BLOCK_N is the outer block
-        return [c for c in configs if c.kwargs["BLOCK_N"] % c.kwargs["BLOCK_M"] == 0]
+    def _config_fits(c, kind, head_dim, elt):
+        bm, bn, stages = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages
+        threads = 32 * c.num_warps
+        if kind == "fwd":
+            ok = bm % bn == 0
+            regs = bm * (head_dim + bn) / threads                   # O acc + S/P tile
+            smem = elt * head_dim * (bm + stages * 2 * bn)          # Q + pipelined K, V
+        elif kind == "dkdv":
+            ok = bn % bm == 0
+            regs = 2 * bn * (head_dim + bm) / threads               # dK, dV acc + P^T, dP^T
+            smem = elt * head_dim * (2 * bn + stages * 2 * bm)      # K, V + pipelined Q, dO
+        else:
+            ok = bm % bn == 0
+            regs = bm * (head_dim + 2 * bn) / threads               # dQ acc + P/dS, dP
+            smem = elt * head_dim * (2 * bm + stages * 2 * bn)      # Q, dO + pipelined K, V
+        return ok and regs <= _REG_LIMIT and smem <= _SMEM_LIMIT
 
-    _TUNE_KEY = ["N_CTX", "HEAD_DIM", "CAUSAL"]
+    def _pruner(kind):
+        def prune(configs, named_args, **kwargs):
+            head_dim, elt = kwargs["HEAD_DIM"], named_args["Q"].element_size()
+            kept = [c for c in configs if _config_fits(c, kind, head_dim, elt)]
+            return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        return prune
+
+    _TUNE_KEY = ["N_CTX", "HEAD_DIM", "CAUSAL"]  # the autotuner adds the tensors' dtypes itself
 
     _attn_fwd_tuned = triton.autotune(
-        configs=_configs([(64, 32), (64, 64), (128, 32), (128, 64), (128, 128)], stages=(3, 4)),
-        key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_outer_m},
+        configs=_FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner("fwd")},
     )(_attn_fwd_kernel)
     _attn_bwd_dkdv_tuned = triton.autotune(
-        configs=_configs([(32, 64), (64, 64), (32, 128), (64, 128)], stages=(2, 3)),
-        key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_outer_n},
+        configs=_DKDV_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner("dkdv")},
     )(_attn_bwd_dkdv_kernel)
     _attn_bwd_dq_tuned = triton.autotune(
-        configs=_configs([(64, 32), (64, 64), (128, 32), (128, 64)], stages=(2, 3)),
-        key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_outer_m},
+        configs=_DQ_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner("dq")},
     )(_attn_bwd_dq_kernel)
 
 
@@ -444,6 +481,11 @@ def _launch(tuned, plain, stage, grid_rows, bh, *args, **meta):
         tuned[lambda m: (triton.cdiv(grid_rows, m[outer]), bh)](*args, **meta)
 
 
+def _on_device_of(t):
+    # Triton launches on the current CUDA device; make that the tensors' device (multi-GPU).
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _poison(*tensors):
     if _POISON:
         for t in tensors:
@@ -460,9 +502,10 @@ class _FlashAttention(torch.autograd.Function):
         _poison(o, lse)
         sm_scale = 1.0 / math.sqrt(D)
         meta = dict(HEAD_DIM=D, CAUSAL=bool(causal), DOT_PREC=_dot_precision(q.dtype))
-        _launch(_attn_fwd_tuned, _attn_fwd_kernel, "fwd", N, B * H,
-                q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-                H, N, sm_scale * _LOG2E, **meta)
+        with _on_device_of(q):
+            _launch(_attn_fwd_tuned, _attn_fwd_kernel, "fwd", N, B * H,
+                    q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+                    H, N, sm_scale * _LOG2E, **meta)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.sm_scale = sm_scale
         ctx.meta = meta
@@ -482,16 +525,16 @@ class _FlashAttention(torch.autograd.Function):
             pre_block = _INTERPRET_BLOCKS["pre"]["BLOCK_M"]
         else:
             pre_block = 128 if D <= 64 else 64  # memory-bound: big tiles, bounded registers
-        _attn_bwd_preprocess[(triton.cdiv(N, pre_block), B * H)](
-            o, do, delta, *_strides(o), *_strides(do), H, N, HEAD_DIM=D, BLOCK_M=pre_block)
-
         common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
         scales = (H, N, sm_scale * _LOG2E, sm_scale)
-        _launch(_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel, "dkdv", N, B * H,
-                q, k, v, do, dk, dv, lse, delta, *common, *_strides(dk), *_strides(dv), *scales,
-                **meta)
-        _launch(_attn_bwd_dq_tuned, _attn_bwd_dq_kernel, "dq", N, B * H,
-                q, k, v, do, dq, lse, delta, *common, *_strides(dq), *scales, **meta)
+        with _on_device_of(q):
+            _attn_bwd_preprocess[(triton.cdiv(N, pre_block), B * H)](
+                o, do, delta, *_strides(o), *_strides(do), H, N, HEAD_DIM=D, BLOCK_M=pre_block)
+            _launch(_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel, "dkdv", N, B * H,
+                    q, k, v, do, dk, dv, lse, delta, *common, *_strides(dk), *_strides(dv), *scales,
+                    **meta)
+            _launch(_attn_bwd_dq_tuned, _attn_bwd_dq_kernel, "dq", N, B * H,
+                    q, k, v, do, dq, lse, delta, *common, *_strides(dq), *scales, **meta)
         return dq, dk, dv, None
 
 
