@@ -122,8 +122,10 @@ def make_shape_sweep(root, *, non_emb=(2.0e6, 8.0e6), ratios=(8, 16, 32, 64, 128
     rng = np.random.default_rng(seed)
     for target in non_emb:
         for r in ratios:
-            depth = max(1, int(round((target / (12 * r * r)) ** (1 / 3))))
-            width = int(round(r * depth))
+            # 12 depth width^2 = target with width = r depth  ->  depth = (target / (12 r^2))^(1/3)
+            depth = max(1, (target / (12 * r * r)) ** (1 / 3))
+            width = int(round(r * depth / 8) * 8)
+            depth = max(1, int(round(target / (12 * width * width))))
             cnt = shape_counts(width, depth)
             D = 20 * cnt["params_total"]
             loss = float(law_loss(cnt["params_total"], D) + 0.01 * np.log(r / 32) ** 2 + 0.002 * rng.standard_normal())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep_factory import LAW, default_shapes, law_loss, make_sweep, true_a, write_run
+from tests.sweep_factory import LAW, default_shapes, law_loss, make_sweep, true_a, write_run
 from sweeps.approach1 import approach1
 from sweeps.approach2 import approach2, parabola_vertex
 from sweeps.approach3 import approach3

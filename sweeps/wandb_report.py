@@ -1,0 +1,198 @@
+"""Publish a fit to Weights & Biases: a summary run and, on request, a wandb Report.
+
+The summary run (job_type "analysis", in the sweep's group) carries the fit tables (wandb.Table)
+and the plots (wandb.Image).  Mode: WANDB_MODE when set, else online when an API key is configured
+(WANDB_API_KEY or a netrc entry for the wandb host), else offline (sync later with `wandb sync`).
+The Report (``--wandb-report``) is built with the wandb-workspaces API, imported lazily; it needs
+an online, logged-in user.  Nothing here ever raises: a wandb problem is printed and returned, and
+the local report is already complete by the time this runs.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlparse
+
+DEFAULT_PROJECT = "scalelab"
+# Keys the training loggers use (train/loggers.py mirrors metrics.jsonl rows; config is the run config).
+CURVE_X, CURVE_Y = "flops", "val_loss"
+BUDGET_KEY = "config.train.budget"
+
+
+def api_key_configured():
+    """True when wandb could log in without asking: WANDB_API_KEY, or a netrc entry for the wandb host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return host in netrc.read_text()
+    except OSError:
+        return False
+
+
+def choose_mode():
+    """(mode, why) for the summary run."""
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return env, f"WANDB_MODE={env}"
+    if api_key_configured():
+        return "online", "an API key is configured"
+    return "offline", "no API key configured (set WANDB_API_KEY or run `wandb login`)"
+
+
+def _group(fit, report_dir):
+    groups = Counter(r.get("group") for r in fit.get("runs", []) if r.get("group"))
+    if groups:
+        return str(groups.most_common(1)[0][0])
+    return Path(fit.get("input") or report_dir).name
+
+
+def _tables(wandb, fit):
+    """wandb.Table objects for the fit."""
+    t = {}
+    rows = []
+    for key in ("approach1", "approach2", "approach3"):
+        r = fit.get(key) or {}
+        if "a" not in r:
+            rows.append([key, None, None, None, None, None, None, str(r.get("skipped", ""))])
+            continue
+        aci = (r.get("ci") or {}).get("a") if key == "approach3" else r.get("a_ci")
+        bci = (r.get("ci") or {}).get("b") if key == "approach3" else r.get("b_ci")
+        rows.append([key, r["a"], *(aci or [None, None]), r["b"], *(bci or [None, None]), ""])
+    t["fit/allocation"] = wandb.Table(columns=["approach", "a", "a_lo", "a_hi", "b", "b_lo", "b_hi", "skipped"],
+                                      data=rows)
+    r3 = fit.get("approach3") or {}
+    if "alpha" in r3:
+        ci = r3.get("ci") or {}
+        t["fit/approach3"] = wandb.Table(
+            columns=["parameter", "estimate", "ci_lo", "ci_hi"],
+            data=[[k, r3[k], *(ci.get(k) or [None, None])] for k in ("E", "A", "B", "alpha", "beta", "a", "b", "G")])
+        t["fit/predictions"] = wandb.Table(
+            columns=["C", "N_opt", "D_opt", "tokens_per_param", "loss"],
+            data=[[p["C"], p["N_opt"], p["D_opt"], p["tokens_per_param"], p["loss"]] for p in r3.get("predictions", [])])
+    r2 = fit.get("approach2") or {}
+    if r2.get("budgets"):
+        t["fit/isoflop_points"] = wandb.Table(
+            columns=["C", "N", "loss"], data=[[b["C"], n, l] for b in r2["budgets"] for n, l in zip(b["N"], b["loss"])])
+        t["fit/budgets"] = wandb.Table(
+            columns=["C", "N_opt", "D_opt", "loss_opt", "excluded"],
+            data=[[b["C"], b.get("N_opt"), b.get("D_opt"), b.get("loss_opt"), b.get("excluded", "")] for b in r2["budgets"]])
+    cols = ["name", "status", "reason", "N", "D", "C", "loss", "tokens_per_s", "wall_s"]
+    if fit.get("runs"):
+        t["runs"] = wandb.Table(columns=cols, data=[[r.get("name"), str(r.get("status")),
+                                                     str(r.get("reason") or r.get("excluded_reason") or ""),
+                                                     r.get("N"), r.get("D"), r.get("C"), r.get("loss"),
+                                                     r.get("tokens_per_s"), r.get("wall_s")] for r in fit["runs"]])
+    return t
+
+
+def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=None, log=print):
+    """Log the fit as one wandb run; returns {"mode", "url" or "dir", "error"}."""
+    mode, why = choose_mode()
+    out = {"mode": mode, "why": why}
+    try:
+        import wandb
+
+        group = group or _group(fit, report_dir)
+        run = wandb.init(project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+                         entity=entity or os.environ.get("WANDB_ENTITY"), group=group, job_type="analysis",
+                         name=f"analysis-{group}", dir=str(report_dir), mode=mode, reinit=True,
+                         config={k: fit.get(k) for k in ("input", "params_convention", "flops_convention",
+                                                           "settings", "n_points", "n_excluded")})
+        payload = dict(_tables(wandb, fit))
+        for name, path in plots.items():
+            if str(path).endswith(".png") and Path(path).is_file():
+                payload[f"plots/{Path(name).stem}"] = wandb.Image(str(path))
+        run.log(payload)
+        for key in ("approach1", "approach2", "approach3"):
+            r = fit.get(key) or {}
+            if "a" in r:
+                run.summary[f"{key}/a"] = r["a"]
+                run.summary[f"{key}/b"] = r["b"]
+        r3 = fit.get("approach3") or {}
+        for k in ("E", "A", "B", "alpha", "beta"):
+            if k in r3:
+                run.summary[f"approach3/{k}"] = r3[k]
+        out["url"] = getattr(run, "url", None)
+        out["entity"] = getattr(run, "entity", None)
+        out["project"] = getattr(run, "project", None)
+        out["group"] = group
+        out["dir"] = getattr(run, "dir", None)
+        run.finish()
+        if mode == "offline":
+            log(f"wandb: summary run logged offline under {report_dir}/wandb ({why}); upload with `wandb sync`")
+        elif mode == "online":
+            log(f"wandb: summary run {out['url']}")
+    except Exception as e:
+        out["error"] = f"{e.__class__.__name__}: {e}"
+        log(f"wandb: summary run not logged ({out['error']}); the local report is complete")
+    return out
+
+
+def create_report(fit, *, project=None, entity=None, group=None, log=print):
+    """A wandb Report for the sweep (online, logged-in users only). Returns {"url"} or {"skipped": why}."""
+    mode, why = choose_mode()
+    if mode != "online":
+        msg = f"wandb Report not created: wandb is not online ({why}); run `wandb login`, then " \
+              "`python -m sweeps.report DIR --wandb-report`"
+        log(msg)
+        return {"skipped": msg}
+    try:
+        import wandb_workspaces.reports.v2 as wr
+    except ImportError:
+        msg = ("wandb Report not created: the wandb-workspaces package is not installed "
+               "(pip install 'scalelab[report]' or pip install wandb-workspaces)")
+        log(msg)
+        return {"skipped": msg}
+    try:
+        import wandb
+
+        project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
+        entity = entity or os.environ.get("WANDB_ENTITY") or wandb.Api().default_entity
+        group = group or _group(fit, ".")
+        r3 = fit.get("approach3") or {}
+        r2 = fit.get("approach2") or {}
+        lines = [f"Conventions: N = {fit.get('params_convention')}, C = {fit.get('flops_convention')} "
+                 f"({fit.get('flops_convention_description')})."]
+        if "a" in r3:
+            lines.append(f"Approach 3: a = {r3['a']:.3f}, b = {r3['b']:.3f}; E = {r3['E']:.4g}, A = {r3['A']:.4g}, "
+                         f"B = {r3['B']:.4g}, alpha = {r3['alpha']:.4f}, beta = {r3['beta']:.4f}.")
+        if "a" in r2:
+            lines.append(f"Approach 2: a = {r2['a']:.3f}, b = {r2['b']:.3f}.")
+        runset = wr.Runset(entity=entity, project=project, name=f"sweep {group}",
+                           filters=f'Metric("Group") == "{group}"', groupby=[BUDGET_KEY])
+        panels = [
+            wr.LinePlot(title="validation loss vs compute", x=CURVE_X, y=[CURVE_Y], log_x=True, log_y=True),
+            wr.ScatterPlot(title="IsoFLOP: final loss vs parameters", x="params_total", y="final_val_loss",
+                           log_x=True),
+        ]
+        report = wr.Report(entity=entity, project=project, title=f"Scaling laws: {group}",
+                           description="Compute-optimal frontier fitted by scalelab (sweeps.fit).",
+                           blocks=[wr.H1(f"Scaling laws: {group}"), *[wr.P(t) for t in lines],
+                                   wr.PanelGrid(runsets=[runset], panels=panels)])
+        report.save()
+        url = getattr(report, "url", None)
+        log(f"wandb Report: {url}")
+        return {"url": url}
+    except Exception as e:
+        msg = f"wandb Report not created: {e.__class__.__name__}: {e}"
+        log(msg)
+        return {"skipped": msg}
+
+
+def publish(fit, plots, report_dir, *, log_run=True, build_report=False, project=None, entity=None, group=None,
+            log=print):
+    """Summary run (when log_run) and Report (when build_report); never raises."""
+    out = {}
+    try:
+        group = group or _group(fit, report_dir)
+        if log_run:
+            out["run"] = log_summary_run(fit, plots, report_dir, project=project, entity=entity, group=group,
+                                         log=log)
+        if build_report:
+            out["report"] = create_report(fit, project=project, entity=entity, group=group, log=log)
+    except Exception as e:  # belt and braces
+        out["error"] = f"{e.__class__.__name__}: {e}"
+    return out

@@ -1,0 +1,145 @@
+"""Reports: plots, report.md/html, run_analysis for the end-of-sweep callback, the wandb paths (no network)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sweep_factory import make_shape_sweep, make_sweep, make_tokens_sweep, write_run
+from sweeps import run_analysis
+from sweeps import wandb_report
+from sweeps.plots import PLOTS
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+FAST = ["--bootstrap", "30", "--grid", "coarse"]
+
+
+def run_module(module, *args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=e)
+
+
+def assert_png(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG and len(data) > 5000, path
+
+
+def test_report_on_fabricated_sweep(tmp_path):
+    make_sweep(tmp_path, noise=0.002)
+    make_shape_sweep(tmp_path)
+    make_tokens_sweep(tmp_path)
+    r = run_module("sweeps.report", tmp_path, *FAST, "--no-wandb")
+    assert r.returncode == 0, r.stderr
+    for name in PLOTS:
+        assert_png(tmp_path / name)
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["n_points"] == 21  # the chinchilla runs; shape and tokens runs are plotted, not fitted
+    a3, a2 = f"{fit['approach3']['a']:.3f}", f"{fit['approach2']['a']:.3f}"
+    md = (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    for text in (md, page):
+        assert a3 in text and a2 in text
+        assert "parameter convention" in text and "FLOP convention" in text
+        assert "exact" in text and "total" in text and "attention" in text
+        assert "bad_failed" in text and "CUDA out of memory" in text  # runs table with reasons
+        assert "no summary.json" in text  # the killed run, excluded with its reason
+    for name in PLOTS:
+        assert f"]({name})" in md
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+    assert "<img" in page and "src='isoflop.png'" not in page  # self-contained
+
+
+def test_report_reads_existing_fit_and_notes_missing_plots(tmp_path):
+    sweep, out = tmp_path / "sweep", tmp_path / "out"
+    make_sweep(sweep, curves=False, bad_runs=False)
+    r = run_module("sweeps.fit", sweep, "--out", out, *FAST)
+    assert r.returncode == 0, r.stderr
+    r = run_module("sweeps.report", out, "--no-wandb")
+    assert r.returncode == 0, r.stderr
+    assert "shape.png left out" in r.stdout
+    md = (out / "report.md").read_text()
+    assert "shape.png: no runs of the shape sweep" in md and "tokens.png: no runs of the tokens sweep" in md
+    assert "skipped: no training curves" in md  # approach 1 without metrics.jsonl
+    for name in ("isoflop.png", "frontier.png", "loss_vs_compute.png", "residuals.png"):
+        assert_png(out / name)
+    assert not (out / "shape.png").exists()
+
+
+def test_report_cli_bad_dir():
+    r = run_module("sweeps.report", "/nonexistent/sweep")
+    assert r.returncode == 2 and "not a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_analysis_as_the_callback_calls_it(tmp_path):
+    make_sweep(tmp_path, noise=0.002)
+    msgs = []
+    st = run_analysis(tmp_path, wandb_group="test-sweep", wandb_enabled=True, bootstrap=20, grid="coarse",
+                      log=msgs.append)
+    assert st["ok"], st["errors"]
+    assert Path(st["fit_json"]).is_file() and Path(st["report_html"]).is_file()
+    assert st["wandb"]["run"]["mode"] == "disabled" and "error" not in st["wandb"]["run"]
+    assert st["wandb"]["run"]["group"] == "test-sweep"
+    assert any("scaling-law analysis" in m for m in msgs)
+
+
+def test_run_analysis_never_raises(tmp_path):
+    st = run_analysis(tmp_path / "missing", wandb=False, log=lambda m: None)
+    assert not st["ok"] and "no such file" in st["errors"][0]
+    for i in range(3):
+        write_run(tmp_path, f"r{i}", {"status": "diverged", "reason": "loss NaN", "name": f"r{i}"})
+    st = run_analysis(tmp_path, wandb=False, bogus_option=1, log=lambda m: None)
+    assert not st["ok"]
+    assert any("bogus_option" in e for e in st["errors"])
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert fit["ok"] is False and "no approach could be fitted" in fit["problem"]
+    md = (tmp_path / "report.md").read_text()
+    assert "No law could be fitted" in md and "loss NaN" in md
+
+
+def test_wandb_summary_run_disabled_mode(tmp_path):
+    """tests/conftest.py sets WANDB_MODE=disabled: the summary-run code runs end to end without network."""
+    make_sweep(tmp_path, curves=False, bad_runs=False)
+    r = run_module("sweeps.fit", tmp_path, *FAST)
+    assert r.returncode == 0, r.stderr
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    msgs = []
+    out = wandb_report.publish(fit, {"isoflop.png": "not made"}, tmp_path, log_run=True, log=msgs.append)
+    assert out["run"]["mode"] == "disabled" and "error" not in out["run"], out
+
+
+def test_wandb_report_offline_says_why_and_exits_0(tmp_path):
+    make_sweep(tmp_path, curves=False, bad_runs=False)
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc")}
+    r = run_module("sweeps.report", tmp_path, *FAST, "--no-wandb", "--wandb-report", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "wandb Report not created" in r.stdout and "no API key configured" in r.stdout
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
+    assert_png(tmp_path / "frontier.png")
+    r = run_module("sweeps.report", tmp_path, "--no-wandb", "--wandb-report", env={"WANDB_MODE": "offline"})
+    assert r.returncode == 0 and "WANDB_MODE=offline" in r.stdout
+
+
+def test_wandb_report_without_package(monkeypatch):
+    monkeypatch.setattr(wandb_report, "choose_mode", lambda: ("online", "pretend"))
+    monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
+    monkeypatch.setitem(sys.modules, "wandb_workspaces.reports", None)
+    monkeypatch.setitem(sys.modules, "wandb_workspaces.reports.v2", None)
+    msgs = []
+    out = wandb_report.create_report({"runs": []}, group="g", log=msgs.append)
+    assert "wandb-workspaces package is not installed" in out["skipped"] and msgs
+
+
+@pytest.mark.parametrize("has_key", [True, False])
+def test_choose_mode(monkeypatch, tmp_path, has_key):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc = tmp_path / "netrc"
+    if has_key:
+        netrc.write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert wandb_report.choose_mode()[0] == ("online" if has_key else "offline")
