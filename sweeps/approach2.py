@@ -127,7 +127,7 @@ def approach2(N, D, C, loss, *, budget=None, fpt=None, names=None, bootstrap=400
     n = len(N)
     fpt = C / D if fpt is None else np.asarray(fpt, dtype=float)
     names = names if names is not None else [str(i) for i in range(n)]
-    if n < MIN_POINTS_PER_BUDGET * 2:
+    if n < MIN_POINTS_PER_BUDGET:
         return {"skipped": f"too few points for approach 2 ({n}; need {MIN_POINTS_PER_BUDGET} per budget "
                            "and at least 2 budgets)"}
     labels = group_budgets(C, budget, c_tol)

@@ -205,6 +205,9 @@ def _approach3(N, D, loss, C=None, *, bootstrap=300, seed=bs.DEFAULT_SEED, delta
         "flops_relation": {"k": k, "k_min": kmin, "k_max": kmax, "description": rel},
         "frontier_formula": "N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b, G = (alpha A / (beta B))^(1/(alpha+beta))",
     }
+    if not np.isfinite(law["a"]):
+        out["warning"] = ("alpha or beta <= 0: the fitted law has no finite compute-optimal frontier "
+                          "(too little range in N or D?)")
     pred_log = obj.predict_log(x_best)
     out["residuals_log"] = [float(v) for v in (lL - pred_log)]
     out["rmse_log"] = float(np.sqrt(np.mean((lL - pred_log) ** 2)))

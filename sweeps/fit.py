@@ -105,7 +105,8 @@ def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predic
                                          delta=huber_delta, predict=predict, grid=grid)
         else:
             res["approach3"] = {"skipped": "not requested"}
-    fitted = [k for k in ("approach1", "approach2", "approach3") if "a" in res[k]]
+    fitted = [k for k in ("approach1", "approach2", "approach3")
+              if isinstance(res[k].get("a"), float) and np.isfinite(res[k]["a"])]
     res["ok"] = bool(fitted)
     if not fitted:
         res["problem"] = "no approach could be fitted: " + "; ".join(
@@ -204,6 +205,13 @@ def format_summary(res):
     lines = [f"fit of {res['input']}: {res['n_points']} points used, {res['n_excluded']} excluded",
              f"  N: {res['params_convention_description']}",
              f"  C: {res['flops_convention_description']}"]
+    if res.get("excluded"):
+        counts = {}
+        for e in res["excluded"]:
+            counts[e["reason"]] = counts.get(e["reason"], 0) + 1
+        top = sorted(counts.items(), key=lambda kv: -kv[1])
+        lines.append("  excluded: " + "; ".join(f"{n} x {why}" for why, n in top[:4])
+                     + (f"; ... ({len(top) - 4} more reasons, see fit.json)" if len(top) > 4 else ""))
     lines.append(f"{'approach':<10}{'a (N_opt ~ C^a)':<26}{'b (D_opt ~ C^b)':<26}notes")
     for k, label in (("approach1", "1"), ("approach2", "2"), ("approach3", "3")):
         r = res.get(k) or {}
