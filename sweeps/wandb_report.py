@@ -42,6 +42,15 @@ def choose_mode():
     return "offline", "no API key configured (set WANDB_API_KEY or run `wandb login`)"
 
 
+def _reinit(wandb):
+    """Finish any run still open in this process (the sweep's last job): wandb >= 0.19 wants a string."""
+    try:
+        major, minor = (int(x) for x in wandb.__version__.split(".")[:2])
+    except ValueError:
+        return True
+    return "finish_previous" if (major, minor) >= (0, 19) else True
+
+
 def _group(fit, report_dir):
     groups = Counter(r.get("group") for r in fit.get("runs", []) if r.get("group"))
     if groups:
@@ -98,7 +107,7 @@ def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=
         group = group or _group(fit, report_dir)
         run = wandb.init(project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
                          entity=entity or os.environ.get("WANDB_ENTITY"), group=group, job_type="analysis",
-                         name=f"analysis-{group}", dir=str(report_dir), mode=mode, reinit=True,
+                         name=f"analysis-{group}", dir=str(report_dir), mode=mode, reinit=_reinit(wandb),
                          config={k: fit.get(k) for k in ("input", "params_convention", "flops_convention",
                                                            "settings", "n_points", "n_excluded")})
         payload = dict(_tables(wandb, fit))
@@ -115,14 +124,15 @@ def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=
         for k in ("E", "A", "B", "alpha", "beta"):
             if k in r3:
                 run.summary[f"approach3/{k}"] = r3[k]
-        out["url"] = getattr(run, "url", None)
+        out["url"] = getattr(run, "url", None) if mode == "online" else None
         out["entity"] = getattr(run, "entity", None)
         out["project"] = getattr(run, "project", None)
         out["group"] = group
         out["dir"] = getattr(run, "dir", None)
         run.finish()
         if mode == "offline":
-            log(f"wandb: summary run logged offline under {report_dir}/wandb ({why}); upload with `wandb sync`")
+            where = Path(out["dir"]).parent if out.get("dir") else Path(report_dir) / "wandb"
+            log(f"wandb: summary run logged offline ({why}); upload it with `wandb sync {where}`")
         elif mode == "online":
             log(f"wandb: summary run {out['url']}")
     except Exception as e:

@@ -143,3 +143,42 @@ def test_choose_mode(monkeypatch, tmp_path, has_key):
         netrc.write_text("machine api.wandb.ai\n  login user\n  password x\n")
     monkeypatch.setenv("NETRC", str(netrc))
     assert wandb_report.choose_mode()[0] == ("online" if has_key else "offline")
+
+
+def test_wandb_report_structure_with_a_fake_api(monkeypatch):
+    """The Report is built from the wandb-workspaces classes (faked here: no network): runs of the sweep's
+    group, grouped by budget, a loss-vs-compute line plot and an IsoFLOP scatter; then saved."""
+    import types
+
+    made = []
+
+    class Rec:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+            made.append(self)
+
+        def save(self):
+            self.saved = True
+            self.url = "https://example.invalid/report"
+
+    names = ["Report", "Runset", "PanelGrid", "LinePlot", "ScatterPlot", "H1", "P"]
+    v2 = types.ModuleType("wandb_workspaces.reports.v2")
+    for n in names:
+        setattr(v2, n, type(n, (Rec,), {}))
+    pkg, reports = types.ModuleType("wandb_workspaces"), types.ModuleType("wandb_workspaces.reports")
+    pkg.reports, reports.v2 = reports, v2
+    for name, mod in (("wandb_workspaces", pkg), ("wandb_workspaces.reports", reports),
+                      ("wandb_workspaces.reports.v2", v2)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(wandb_report, "choose_mode", lambda: ("online", "pretend"))
+    fit = {"params_convention": "total", "flops_convention": "exact", "flops_convention_description": "x",
+           "approach3": {"a": 0.5, "b": 0.5, "E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37},
+           "runs": [{"group": "chinchilla-cpu"}]}
+    out = wandb_report.create_report(fit, project="p", entity="e", log=lambda m: None)
+    assert out == {"url": "https://example.invalid/report"}
+    by = {type(m).__name__: m for m in made}
+    assert by["Runset"].kwargs["groupby"] == [wandb_report.BUDGET_KEY]
+    assert "chinchilla-cpu" in by["Runset"].kwargs["filters"]
+    assert by["LinePlot"].kwargs["x"] == "flops" and by["LinePlot"].kwargs["y"] == ["val_loss"]
+    assert by["ScatterPlot"].kwargs["y"] == "final_val_loss"
+    assert getattr(by["Report"], "saved", False) and by["Report"].kwargs["project"] == "p"
