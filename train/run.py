@@ -45,8 +45,10 @@ def device_name(device: torch.device) -> str:
 
 
 def execute(cfg, run_dir: Path, yaml_text: str, in_sweep: bool) -> int:
-    """Run one training job; returns the process exit code."""
+    """Run one training job; returns the process exit code. In a sweep (a Hydra multirun, or a job
+    process of sweeps.launcher) a failed or skipped run is recorded and exits 0, so the sweep goes on."""
     run_dir = Path(run_dir)
+    in_sweep = in_sweep or os.environ.get("SCALELAB_IN_SWEEP") == "1"
     started = time.time()
     try:
         run = validate(cfg)
