@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kernels import dispatch
 from kernels.dispatch import interpreter_on, resolve
 
 try:
@@ -49,7 +50,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Test hook: when True the Triton wrapper fills every buffer it allocates (O, LSE, delta, dQ, dK,
 # dV) with NaN before launching, so any element a kernel fails to write shows up in the result.
-_POISON = False
 
 # Fixed block sizes used under the interpreter. Blocks are deliberately unequal (query blocks
 # twice the key blocks in fwd/dQ, the reverse in dK/dV) so the diagonal spans several inner
@@ -486,12 +486,6 @@ def _on_device_of(t):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _poison(*tensors):
-    if _POISON:
-        for t in tensors:
-            t.fill_(float("nan"))
-
-
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal):
@@ -499,7 +493,7 @@ class _FlashAttention(torch.autograd.Function):
         B, H, N, D = q.shape
         o = torch.empty_like(q)  # same memory layout as q, so a (B, S, H, D) view stays cheap
         lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-        _poison(o, lse)
+        dispatch.poison(o, lse)
         sm_scale = 1.0 / math.sqrt(D)
         meta = dict(HEAD_DIM=D, CAUSAL=bool(causal), DOT_PREC=_dot_precision(q.dtype))
         with _on_device_of(q):
@@ -519,7 +513,7 @@ class _FlashAttention(torch.autograd.Function):
         sm_scale, meta = ctx.sm_scale, ctx.meta
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         delta = torch.empty_like(lse)
-        _poison(dq, dk, dv, delta)
+        dispatch.poison(dq, dk, dv, delta)
 
         if interpreter_on():
             pre_block = _INTERPRET_BLOCKS["pre"]["BLOCK_M"]

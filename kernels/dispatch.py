@@ -13,6 +13,24 @@ import torch
 
 BACKENDS = ("auto", "triton", "torch")
 
+# Tests set this: every kernel output buffer is filled with NaN before the launch, so an element
+# the kernel forgot to write shows up instead of passing by luck.
+POISON = False
+
+
+def empty(shape, dtype, device) -> torch.Tensor:
+    """Allocate a kernel output (NaN-filled when POISON is on)."""
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def poison(*tensors: torch.Tensor) -> None:
+    """Fill already-allocated outputs with NaN when POISON is on."""
+    if POISON:
+        for t in tensors:
+            t.fill_(float("nan"))
+
 
 def triton_available() -> bool:
     try:

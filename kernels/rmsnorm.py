@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels import dispatch
 from kernels.dispatch import interpreter_on, resolve
 
 try:
@@ -18,19 +19,12 @@ except Exception:  # pragma: no cover - triton missing: only the reference is us
 
 # Tests set this to True: output buffers are filled with NaN before each launch, so an element a
 # kernel forgets to write shows up as NaN instead of a plausible stale value.
-_POISON = False
 
 
 def rms_norm_reference(x, weight, eps=1e-6):
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return (y * weight.to(y.dtype)).to(x.dtype)
-
-
-def _alloc(shape, dtype, device):
-    if _POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 if triton is not None:
@@ -100,8 +94,8 @@ class _RMSNormFn(torch.autograd.Function):
         x2 = _rows(x, D)
         w = weight.contiguous()
         n_rows = x2.shape[0]
-        y = _alloc((n_rows, D), x.dtype, x.device)
-        rstd = _alloc((n_rows,), torch.float32, x.device)
+        y = dispatch.empty((n_rows, D), x.dtype, x.device)
+        rstd = dispatch.empty((n_rows,), torch.float32, x.device)
         BLOCK_D, num_warps = _launch_config(D)
         if n_rows > 0:
             _rms_norm_fwd_kernel[(n_rows,)](
@@ -117,7 +111,7 @@ class _RMSNormFn(torch.autograd.Function):
         x2, w, rstd = ctx.saved_tensors
         n_rows, D = x2.shape
         dy2 = _rows(dy, D)
-        dx = _alloc((n_rows, D), x2.dtype, x2.device)
+        dx = dispatch.empty((n_rows, D), x2.dtype, x2.device)
         BLOCK_D, num_warps = _launch_config(D)
         if interpreter_on() or not x2.is_cuda:
             n_prog = 4
@@ -126,7 +120,7 @@ class _RMSNormFn(torch.autograd.Function):
         n_prog = max(1, min(n_prog, n_rows))
         rows_per_prog = triton.cdiv(n_rows, n_prog) if n_rows > 0 else 1
         n_prog = triton.cdiv(n_rows, rows_per_prog) if n_rows > 0 else 1
-        dw_part = _alloc((n_prog, D), torch.float32, x2.device)
+        dw_part = dispatch.empty((n_prog, D), torch.float32, x2.device)
         if n_rows > 0:
             _rms_norm_bwd_kernel[(n_prog,)](
                 dy2, x2, w, rstd, dx, dw_part,

@@ -1,7 +1,7 @@
 """kernels.attention: the Triton FlashAttention kernel (forward + backward) against a float64 reference.
 
 On CPU the kernel runs under the Triton interpreter (set by conftest) in float32; GPU tests
-(bfloat16 / float16, long sequences) are marked `gpu`. Every Triton call runs with `_POISON` on,
+(bfloat16 / float16, long sequences) are marked `gpu`. Every Triton call runs with `kernels.dispatch.POISON` on,
 so any output element a kernel forgets to write comes back as NaN and fails the comparison.
 """
 import importlib
@@ -15,11 +15,12 @@ from kernels.dispatch import interpreter_on
 
 # `kernels.attention` the attribute is the function; the module holds the test hooks.
 attn_mod = importlib.import_module("kernels.attention")
+dispatch = importlib.import_module("kernels.dispatch")
 
 
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
-    monkeypatch.setattr(attn_mod, "_POISON", True)
+    monkeypatch.setattr(dispatch, "POISON", True)
 
 
 def _device():
