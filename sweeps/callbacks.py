@@ -41,10 +41,14 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         _say(f"all jobs ended; fitting the frontier from {sweep_dir}")
         try:
+            from sweeps.plan import preset_values
             from sweeps.report import run_analysis
 
+            preset = preset_values(sweep)
+            # presets may make the fit cheaper (the smoke preset does, for the tests)
+            options = {k: preset[k] for k in ("bootstrap", "grid") if k in preset}
             run_analysis(sweep_dir, wandb_group=config.logger.get("group"),
-                         wandb_enabled=config.logger.get("kind") == "wandb")
+                         wandb_enabled=config.logger.get("kind") == "wandb", **options)
         except Exception as e:  # the runs are safe on disk; the analysis can be redone standalone
             traceback.print_exc()
             _say(f"end-of-sweep analysis failed ({type(e).__name__}: {e}); "

@@ -3,7 +3,7 @@
 A sweep config (conf/sweep/*.yaml) lists its presets (smoke, cpu, gpu) under `sweep.presets`;
 `sweep.preset=auto` picks gpu when CUDA is visible and cpu otherwise. The yaml reads preset values
 through resolvers: `${preset:KEY}` (one value), `${preset_list:KEY}` (a list joined for Hydra's
-sweeper), `${preset_name:}`, and `${fmt_budget:X}` (1e13 -> "1e13" for job folder names).
+sweeper), `${preset_shapes:}` (the preset's shapes, or a ladder at fixed N), `${preset_name:}`, and `${fmt_budget:X}` (1e13 -> "1e13" for job folder names).
 
 `python -m sweeps.plan chinchilla [--preset cpu]` prints the jobs a sweep would run, their model
 sizes, token counts and steps, without training anything.
@@ -71,9 +71,20 @@ def register_resolvers() -> None:
     def name(*, _root_):
         return preset_name(_root_.sweep)
 
+    def shapes(*, _root_):
+        """The preset's `shapes`, or a fixed-N ladder from `target_params` and `depths`."""
+        p = preset_values(_root_.sweep)
+        if p.get("shapes"):
+            return ",".join(str(v) for v in p["shapes"])
+        tokenizer = _root_.data.tokenizer
+        vocab = 256 if tokenizer == "bytes" else int(_root_.data.bpe_vocab_size)
+        return ",".join(shape_for_params(float(p["target_params"]), int(d), vocab, int(p.get("head_dim", 32)))
+                        for d in p["depths"])
+
     OmegaConf.register_new_resolver("preset", preset, replace=True)
     OmegaConf.register_new_resolver("preset_list", preset_list, replace=True)
     OmegaConf.register_new_resolver("preset_name", name, replace=True)
+    OmegaConf.register_new_resolver("preset_shapes", shapes, replace=True)
     OmegaConf.register_new_resolver("fmt_budget", fmt_budget, replace=True)
 
 
@@ -83,13 +94,16 @@ def register_resolvers() -> None:
 def shape_for_params(target_non_embedding: float, depth: int, vocab_size: int, head_dim: int = 32,
                      mlp: str = "swiglu") -> str:
     """The WIDTHxDEPTHxHEADS with `depth` layers whose non-embedding parameter count is closest to
-    the target (width a multiple of head_dim). Used to build the shape sweep's fixed-N ladder."""
+    the target: width a multiple of 8, heads giving an even head dim near `head_dim`. Used to build
+    the shape sweep's fixed-N ladders."""
     from model.config import GPTConfig
     from model.flops import param_counts
 
     best = None
-    for heads in range(1, 129):
-        width = heads * head_dim
+    for width in range(8, 8193, 8):
+        heads = max(1, round(width / head_dim))
+        while heads > 1 and (width % heads or (width // heads) % 2):
+            heads -= 1
         cfg = GPTConfig(vocab_size=vocab_size, width=width, depth=depth, heads=heads, mlp=mlp)
         n = param_counts(cfg).non_embedding
         err = abs(math.log(n / target_non_embedding))

@@ -48,7 +48,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 @dataclass
 class OptimConfig:
     lr: Optional[float] = 3e-3  # null: follow optim.lr_rule
-    lr_rule: str = "porian"
+    lr_rule: str = "deepseek"  # used when lr is null; see train/rules.py
     schedule: str = "cosine"  # cosine | wsd | constant
     min_lr_ratio: float = 0.1  # cosine / wsd end at lr * min_lr_ratio
     warmup: Optional[float] = 0.05  # < 1: fraction of the run's steps; >= 1: steps; null: N tokens (Porian et al.)
@@ -62,15 +62,16 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    tokens: Optional[int] = 3_000_000  # tokens to train; ignored when budget or tokens_per_param is set
+    tokens: Optional[int] = 1_600_000  # tokens to train; ignored when budget or tokens_per_param is set
     budget: Optional[float] = None  # training FLOPs (exact convention); tokens = budget / FLOPs per token
     tokens_per_param: Optional[float] = None  # tokens = this x non-embedding params
     batch_tokens: Optional[int] = 8192  # global batch in tokens; null: follow train.batch_rule
-    batch_rule: str = "porian"
+    batch_rule: str = "deepseek"  # used when batch_tokens is null
     micro_batch: Optional[int] = None  # sequences per device per micro-step; null: as many as fit a default cap
     seed: int = 0
     resume: str = "auto"  # auto: continue from the run dir's latest checkpoint; never: start over
     eval_every: int = 100  # steps; 0: only at the end
+    eval_points: Optional[int] = None  # if set: this many evaluations spread over the run (overrides eval_every)
     ckpt_every: int = 200  # steps; 0: only at the end
     log_every: int = 10
     min_steps: int = 20  # a run with fewer optimizer steps is recorded as skipped
@@ -267,6 +268,7 @@ def validate(cfg) -> RunConfig:
     _one_of("train.resume", t.resume, RESUME)
     for key in ("eval_every", "ckpt_every", "min_steps"):
         _non_negative(f"train.{key}", getattr(t, key), integer=True)
+    _positive("train.eval_points", t.eval_points, allow_none=True, integer=True)
     _positive("train.log_every", t.log_every, integer=True)
     _positive("train.max_epochs", t.max_epochs)
     if not t.diverge_ratio > 1:

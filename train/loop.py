@@ -63,6 +63,8 @@ class Trainer:
         self.micro = micro_batch_size(self.rank_seqs, seq_len, t.micro_batch, info.device.type)
         self.accum = self.rank_seqs // self.micro
         use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and info.device.type == "cuda")
+        # sweeps ask for a number of evaluations per run, so curves have the same resolution at any length
+        self.eval_every = max(1, plan.steps // t.eval_points) if t.eval_points else t.eval_every
         self.autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16
                          else contextlib.nullcontext())
         self.state = LoopState()
@@ -187,7 +189,7 @@ class Trainer:
             else:
                 window_time += time.perf_counter() - t0
 
-            if (t.eval_every and step % t.eval_every == 0) or last:
+            if (self.eval_every and step % self.eval_every == 0) or last:
                 val, bpb = self.evaluate()
                 st.final_val_loss, st.final_val_bpb = val, bpb
                 st.best_val_loss = min(st.best_val_loss, val)
