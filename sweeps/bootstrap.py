@@ -34,4 +34,6 @@ def summarize(samples, level=0.95):
     """{"ci": [lo, hi], "se": std} of bootstrap samples (finite ones only)."""
     s = np.asarray(samples, dtype=float)
     s = s[np.isfinite(s)]
-    return {"ci": percentile_ci(s, level), "se": float(np.std(s, ddof=1)) if len(s) > 1 else None}
+    with np.errstate(over="ignore"):  # a degenerate fit's replicates can reach 1e200: the SE is then inf
+        se = float(np.std(s, ddof=1)) if len(s) > 1 else None
+    return {"ci": percentile_ci(s, level), "se": se}

@@ -37,8 +37,10 @@ def cache_dir(tmp_path_factory):
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_same_global_batch(tmp_path, cache_dir, parallel):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_train(TINY, one, cache_dir)
-    torchrun(TINY + [f"train.parallel={parallel}"], two, cache_dir)
+    # 100 validation windows in batches of 16: 7 batches, so the ranks get unequal shares
+    args = TINY + ["data.val_tokens=3200"]
+    run_train(args, one, cache_dir)
+    torchrun(args + [f"train.parallel={parallel}"], two, cache_dir)
     a, b = summary(one), summary(two)
     assert b["status"] == "completed" and b["world_size"] == 2 and a["world_size"] == 1
     assert abs(a["final_val_loss"] - b["final_val_loss"]) / a["final_val_loss"] < 0.002

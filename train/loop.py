@@ -100,13 +100,16 @@ class Trainer:
     def evaluate(self) -> tuple[float, Optional[float]]:
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.info.device)
-        for i, (x, y) in enumerate(self.val_batches):
-            if i % self.info.world_size != self.info.rank:
-                continue
+        world, n = self.info.world_size, len(self.val_batches)
+        # every rank runs the same number of forwards (FSDP gathers weights collectively in each):
+        # a rank with no batch left repeats batch 0 and gives it weight 0
+        for i in range(self.info.rank, -(-n // world) * world, world):
+            x, y = self.val_batches[i if i < n else 0]
             with self.autocast:
                 loss = self.model(x.to(self.info.device), y.to(self.info.device))
-            sums[0] += loss.double() * y.numel()
-            sums[1] += y.numel()
+            if i < n:
+                sums[0] += loss.double() * y.numel()
+                sums[1] += y.numel()
         D.all_reduce_sum(sums)
         self.model.train()
         val = (sums[0] / sums[1]).item()
