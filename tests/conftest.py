@@ -13,7 +13,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
 REPO = Path(__file__).resolve().parents[1]
-REFDATA = REPO.parent / "shared" / "refdata"
+REFDATA = Path(os.environ.get("SCALELAB_REFDATA", REPO.parent / "shared" / "refdata"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,5 +29,6 @@ def pytest_collection_modifyitems(config, items):
 def refdata() -> Path:
     """../shared/refdata, or skip with the reason when this checkout has no such folder beside it."""
     if not REFDATA.is_dir():
-        pytest.skip(f"reference data folder {REFDATA} is absent (it lives beside the checkout, in ../shared/refdata)")
+        pytest.skip(f"reference data folder {REFDATA} is absent (it lives beside the checkout, in "
+                    "../shared/refdata; or point SCALELAB_REFDATA at it)")
     return REFDATA

@@ -113,3 +113,35 @@ def test_a_dead_rank_fails_the_run_instead_of_hanging(tmp_path, cache_dir):
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "failed", (s, out[-3000:])
     assert s["reason"]
+
+
+def test_slurm_tasks_become_torch_ranks(monkeypatch):
+    """Under `srun` (or submitit_slurm with tasks_per_node > 1) each task derives torchrun's variables."""
+    from train.distributed import _env_from_slurm
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-10],cpu3")
+    _env_from_slurm()
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("5", "1", "8")
+    assert os.environ["MASTER_ADDR"] == "gpu07"
+    assert os.environ["MASTER_PORT"] == str(29500 + 123456 % 1000)
+
+
+def test_single_slurm_task_and_torchrun_are_left_alone(monkeypatch):
+    from train.distributed import _env_from_slurm
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    _env_from_slurm()
+    assert "RANK" not in os.environ  # one task: a plain single-process run
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("RANK", "2")  # torchrun inside the allocation already set it
+    _env_from_slurm()
+    assert os.environ["RANK"] == "2" and "WORLD_SIZE" not in os.environ
