@@ -62,3 +62,9 @@ def resolve(backend: str, *tensors: torch.Tensor) -> str:
             "(slow, for tests) or use backend 'auto' / 'torch'"
         )
     return "triton"
+
+
+def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """A (rows, width) view of `t` whose last dimension is contiguous (copied only when it is not)."""
+    t2 = t.reshape(-1, width)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()

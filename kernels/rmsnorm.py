@@ -78,20 +78,13 @@ def _launch_config(D):
     return block, num_warps
 
 
-def _rows(t, D):
-    t2 = t.reshape(-1, D)
-    if t2.stride(-1) != 1:
-        t2 = t2.contiguous()
-    return t2
-
-
 class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):
         D = x.shape[-1]
         if weight.shape != (D,):
             raise ValueError(f"rms_norm: weight must have shape ({D},), got {tuple(weight.shape)}")
-        x2 = _rows(x, D)
+        x2 = dispatch.as_rows(x, D)
         w = weight.contiguous()
         n_rows = x2.shape[0]
         y = dispatch.empty((n_rows, D), x.dtype, x.device)
@@ -110,7 +103,7 @@ class _RMSNormFn(torch.autograd.Function):
     def backward(ctx, dy):
         x2, w, rstd = ctx.saved_tensors
         n_rows, D = x2.shape
-        dy2 = _rows(dy, D)
+        dy2 = dispatch.as_rows(dy, D)
         dx = dispatch.empty((n_rows, D), x2.dtype, x2.device)
         BLOCK_D, num_warps = _launch_config(D)
         if interpreter_on() or not x2.is_cuda:

@@ -71,18 +71,11 @@ def _launch_config(D):
     return block_r, block_d, 4
 
 
-def _rows(t, D):
-    t2 = t.reshape(-1, D)
-    if t2.stride(-1) != 1:
-        t2 = t2.contiguous()
-    return t2
-
-
 class _SwiGLUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up):
         D = gate.shape[-1]
-        g2, u2 = _rows(gate, D), _rows(up, D)
+        g2, u2 = dispatch.as_rows(gate, D), dispatch.as_rows(up, D)
         n_rows = g2.shape[0]
         out = dispatch.empty((n_rows, D), gate.dtype, gate.device)
         BLOCK_R, BLOCK_D, num_warps = _launch_config(D)
@@ -100,7 +93,7 @@ class _SwiGLUFn(torch.autograd.Function):
     def backward(ctx, dout):
         g2, u2 = ctx.saved_tensors
         n_rows, D = g2.shape
-        do2 = _rows(dout, D)
+        do2 = dispatch.as_rows(dout, D)
         dg = dispatch.empty((n_rows, D), g2.dtype, g2.device)
         du = dispatch.empty((n_rows, D), u2.dtype, u2.device)
         BLOCK_R, BLOCK_D, num_warps = _launch_config(D)

@@ -51,7 +51,7 @@ def format_eta(seconds: float) -> str:
 
 
 class Trainer:
-    def __init__(self, *, model, optimizer, plan, run, info: D.DistInfo, seq_len: int, sequences, val_batches,
+    def __init__(self, *, model, optimizer, plan, run, info: D.DistInfo, seq_len: int, micro: int, sequences, val_batches,
                  bytes_per_token, flops_per_token, device_name, logger, run_dir, on_checkpoint=None):
         self.model, self.optimizer, self.plan, self.run, self.info = model, optimizer, plan, run, info
         self.sequences, self.val_batches = sequences, val_batches
@@ -60,7 +60,7 @@ class Trainer:
         t = run.train
         self.batch_seqs = plan.batch_tokens // seq_len
         self.rank_seqs = self.batch_seqs // info.world_size
-        self.micro = micro_batch_size(self.rank_seqs, seq_len, t.micro_batch, info.device.type)
+        self.micro = micro  # sequences per micro-step (micro_batch_size; val batches use the same size)
         self.accum = self.rank_seqs // self.micro
         use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and info.device.type == "cuda")
         # sweeps ask for a number of evaluations per run, so curves have the same resolution at any length

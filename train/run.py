@@ -191,7 +191,7 @@ def _train(run: RunConfig, run_dir: Path, info: D.DistInfo, record: Optional[Run
     micro = micro_batch_size(plan.batch_tokens // gpt.seq_len // info.world_size, gpt.seq_len, t.micro_batch,
                              info.device.type)
     val = val_batches(data.val, gpt.seq_len, run.data.val_tokens, micro)
-    trainer = Trainer(model=wrapped, optimizer=optimizer, plan=plan, run=run, info=info, seq_len=gpt.seq_len,
+    trainer = Trainer(model=wrapped, optimizer=optimizer, plan=plan, run=run, info=info, seq_len=gpt.seq_len, micro=micro,
                       sequences=sequences, val_batches=val,
                       bytes_per_token=data.bytes_per_token("val", n_tokens=sum(y.numel() for _, y in val)),
                       flops_per_token=flops.exact, device_name=device_name(info.device), logger=logger,
