@@ -119,6 +119,8 @@ def test_slurm_tasks_become_torch_ranks(monkeypatch):
     """Under `srun` (or submitit_slurm with tasks_per_node > 1) each task derives torchrun's variables."""
     from train.distributed import _env_from_slurm
 
+    # _env_from_slurm writes os.environ; give it a copy so nothing leaks into later tests
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "5")
@@ -135,6 +137,7 @@ def test_slurm_tasks_become_torch_ranks(monkeypatch):
 def test_single_slurm_task_and_torchrun_are_left_alone(monkeypatch):
     from train.distributed import _env_from_slurm
 
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "0")
