@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from train.io_utils import versions, write_json
+
 
 def _call(fn: Callable, inputs):
     if isinstance(inputs, dict):
@@ -83,21 +85,12 @@ def peak_memory_mb(fn: Callable, inputs) -> float | None:
 
 
 def device_info(device: str | None = None) -> dict[str, Any]:
-    """{"device", "torch", "triton", "date"} for result files."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = None
+    """{"device", "torch", "triton", ..., "date"} for result files (versions from train.io_utils)."""
     if device is None:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return {
-        "device": device,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    v = versions()
+    return {"device": device, "torch": v.get("torch"), "triton": v.get("triton"), "versions": v,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def slug(name: str) -> str:
@@ -117,13 +110,8 @@ def command_line(script: str | None = None, argv: Sequence[str] | None = None) -
 
 
 def write_results(path, payload: dict) -> Path:
-    """Write `payload` as indented JSON to `path` (parent folders created); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    """Write `payload` as indented JSON to `path` (atomically, parent folders created); returns the path."""
+    return write_json(path, payload)
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:

@@ -6,11 +6,13 @@
     python bench/train.py --smoke --out /tmp/t.json   # CPU, tiny model, Triton interpreter
 
 For each model size (GPT shapes at seq 1024, vocab 50304, bf16 autocast over float32 weights) two
-stacks train the same model (same initial weights, same batches, same micro-batch):
+stacks train the same model (same initial weights, same batches, same micro-batch), both through
+the trainer's own step (train/step.py: forward + backward, gradient clipping, AdamW), so the figures
+describe `python -m train`:
   scalelab  kernels="triton": Triton attention, RMSNorm, SwiGLU, RoPE and the fused linear +
             cross-entropy head (`model(x, y)`); fused AdamW; optional torch.compile of the model
-            (--compile model) and optional CUDA graphs (--cuda-graphs: forward, backward and
-            optimizer step captured once, then replayed from static input buffers).
+            (--compile model, as train.compile=true) and optional CUDA graphs (--cuda-graphs, as
+            train.cuda_graphs=true: the whole step captured once, then replayed).
   baseline  kernels="torch": SDPA attention and eager ops, logits + F.cross_entropy
             (`model(x, y, return_logits=True)`), torch.compile of the model, fused AdamW.
 A measurement runs --warmup untimed steps (compilation, autotuning, allocator growth), then
@@ -30,7 +32,6 @@ in bench/results.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import math
 import os
@@ -38,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,7 @@ GPU_SIZES = ("10m", "50m", "124m", "350m")
 SMOKE_SIZES = ("tiny",)
 N_BATCHES = 4  # distinct random batches, cycled through
 OPTIM = dict(lr=3e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1)
+GRAD_CLIP = 1.0  # the trainer's default (optim.grad_clip)
 
 
 def parse_args(argv=None):
@@ -128,11 +129,14 @@ def _graph_break_notes(counters):
 
 
 def measure(stack, cfg, batch, args, device, torch):
-    """Train `cfg` with `stack` ("scalelab" or "baseline"); returns a dict of this stack's figures."""
+    """Train `cfg` with `stack` ("scalelab" or "baseline"); returns a dict of this stack's figures. Both
+    stacks run the trainer's own step (train/step.py: forward + backward, gradient clipping at the
+    trainer's default, AdamW), so the numbers describe what `python -m train` runs."""
     from torch._dynamo.utils import counters
 
     from model import GPT
     from train.optim import build_optimizer
+    from train.step import TrainStep, autocast_for
 
     cuda = device == "cuda"
     ours = stack == "scalelab"
@@ -146,59 +150,30 @@ def measure(stack, cfg, batch, args, device, torch):
     torch.manual_seed(0)  # same initial weights for both stacks
     model = GPT(cfg).to(device)
     opt = build_optimizer(model, **OPTIM)  # fused AdamW on CUDA
-    if graphs:
-        for group in opt.param_groups:
-            group["capturable"] = True  # step counters on the device, no host sync inside step()
-    fwd = model
+    class LogitsLoss(torch.nn.Module):
+        """The baseline's loss: full logits, then F.cross_entropy (`model(x, y, return_logits=True)`)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, y):
+            return self.inner(x, y, return_logits=True)[0]
+
+    fwd = model if ours else LogitsLoss(model)
     if compiled:
-        fwd = torch.compile(model, backend="inductor" if cuda else "aot_eager")
-    # The autocast weight-cast cache must not outlive a graph capture: disable it with CUDA graphs.
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphs) if cuda
-                else contextlib.nullcontext())
+        fwd = torch.compile(fwd, backend="inductor" if cuda else "aot_eager")
+    step_fn = TrainStep(fwd, opt, accum=1, grad_clip=GRAD_CLIP,
+                        autocast=autocast_for(torch.device(device), bf16=cuda, cuda_graphs=graphs), cuda_graphs=graphs)
 
-    def update(x, y):
-        """forward + backward + optimizer step; gradients are None on entry."""
-        with autocast:
-            loss = fwd(x, y) if ours else fwd(x, y, return_logits=True)[0]
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    def eager_step(x, y):
-        loss = update(x, y)
-        opt.zero_grad(set_to_none=True)
-        return loss
+    def step(x, y):
+        return step_fn([(x, y)], OPTIM["lr"])[0]
 
     counters.clear()
-    if graphs:
-        # warm-up steps run uncaptured by design; the optimizer's warning about that is noise here
-        warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
-        static_x, static_y = (t.clone() for t in batches[0])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-            for i in range(args.warmup):
-                static_x.copy_(batches[i % N_BATCHES][0])
-                static_y.copy_(batches[i % N_BATCHES][1])
-                loss = eager_step(static_x, static_y)
-                if i == 0:
-                    loss0 = loss.item()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # grads are None here: backward allocates them in the graph's pool
-            static_loss = update(static_x, static_y)
-
-        def step(x, y):
-            static_x.copy_(x)
-            static_y.copy_(y)
-            graph.replay()
-            return static_loss
-    else:
-        step = eager_step
-        for i in range(args.warmup):
-            loss = step(*batches[i % N_BATCHES])
-            if i == 0:
-                loss0 = loss.item()
+    for i in range(args.warmup):
+        loss = step(*batches[i % N_BATCHES])
+        if i == 0:
+            loss0 = loss.item()
     n_breaks, notes = _graph_break_notes(counters) if compiled else (None, [])
 
     if cuda:

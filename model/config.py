@@ -22,7 +22,7 @@ def _round_up(x: float, multiple: int) -> int:
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 256
-    seq_len: int = 256
+    seq_len: int = 128
     width: int = 128
     depth: int = 4
     heads: int = 4

@@ -6,16 +6,15 @@ whatever the jobs' outcomes, and never fails the sweep (`python -m sweeps.fit DI
 """
 from __future__ import annotations
 
-import sys
 import traceback
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from train.log import get_logger
 
-def _say(text: str) -> None:
-    print(f"[scalelab] {text}", file=sys.stderr, flush=True)
+log = get_logger("sweep")
 
 
 class SweepCallback(Callback):
@@ -32,14 +31,14 @@ class SweepCallback(Callback):
         n_jobs = 1
         for value in params.values():
             n_jobs *= len(str(value).split(","))
-        _say(f"sweep {sweep.name}: preset {chosen} ({why}); {n_jobs} jobs into {config.hydra.sweep.dir}")
+        log.info(f"sweep {sweep.name}: preset {chosen} ({why}); {n_jobs} jobs into {config.hydra.sweep.dir}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = config.get("sweep") or {}
         if not sweep.get("name") or not sweep.get("fit", True):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        _say(f"all jobs ended; fitting the frontier from {sweep_dir}")
+        log.info(f"all jobs ended; fitting the frontier from {sweep_dir}")
         try:
             from sweeps.plan import preset_values
             from sweeps.report import run_analysis
@@ -51,5 +50,5 @@ class SweepCallback(Callback):
                          wandb_enabled=config.logger.get("kind") == "wandb", **options)
         except Exception as e:  # the runs are safe on disk; the analysis can be redone standalone
             traceback.print_exc()
-            _say(f"end-of-sweep analysis failed ({type(e).__name__}: {e}); "
+            log.info(f"end-of-sweep analysis failed ({type(e).__name__}: {e}); "
                  f"rerun it with: python -m sweeps.report {sweep_dir}")

@@ -9,13 +9,15 @@ never raised.  Only problems with the *input itself* (no such path, no usable CS
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from train.record import METRICS, SUMMARY, RunSummary, load_summary, read_metrics
 
 PARAMS_CONVENTIONS = {
     "total": "N = every parameter of the built model (params_total), embeddings included",
@@ -83,74 +85,37 @@ def _num(x):
     return v if math.isfinite(v) else None
 
 
-def read_summary(path):
-    """(summary dict, None) or (None, reason) for a summary.json that is missing or malformed."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return None, "no summary.json (run killed or still running)"
-    except OSError as e:
-        return None, f"summary.json unreadable: {e}"
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        return None, f"summary.json malformed ({e.__class__.__name__}: {e})"
-    if not isinstance(data, dict):
-        return None, "summary.json malformed (not a JSON object)"
-    return data, None
-
-
-def read_metrics(path):
-    """The JSON objects of a metrics.jsonl, skipping blank, truncated or malformed lines."""
-    rows = []
-    try:
-        with open(path, "r", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict):
-                    rows.append(obj)
-    except OSError:
-        return []
-    return rows
-
-
 def find_run_dirs(root):
     """Folders under ``root`` that hold a run record (summary.json or metrics.jsonl), sorted."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-        if "summary.json" in filenames or "metrics.jsonl" in filenames:
+        if SUMMARY in filenames or METRICS in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []  # a run folder's sub-folders are its own (checkpoints, logs)
     return sorted(found)
 
 
-def _flops_per_token(s, params, flops):
+def _flops_per_token(s: RunSummary, params, flops):
     """FLOPs per training token of one run under the chosen conventions (None when not derivable)."""
-    conv = s.get("flops_conventions") if isinstance(s.get("flops_conventions"), dict) else {}
+    conv = s.flops_conventions
     if flops == "exact":
-        return _num(conv.get("exact")) or _num(s.get("flops_per_token"))
+        return _num(conv.get("exact")) or _num(s.flops_per_token)
     if flops == "no_attention":
         return _num(conv.get("no_attention"))
     # 6n
     if params == "total":
-        v = _num(conv.get("6n_total")) or _num(s.get("flops_per_token_6n"))
-        n = _num(s.get("params_total"))
+        v = _num(conv.get("6n_total")) or _num(s.flops_per_token_6n)
+        n = _num(s.params_total)
     else:
         v = _num(conv.get("6n_non_embedding"))
-        n = _num(s.get("params_non_embedding"))
+        n = _num(s.params_non_embedding)
     return v or (6.0 * n if n else None)
 
 
 def _curve(run_dir, name, N, fpt, fpt_exact):
     """Validation loss against cumulative compute (chosen convention) from metrics.jsonl, or None."""
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.is_file():
         return None
     cs, ls = [], []
@@ -193,25 +158,33 @@ def collect(sweep_dir, params="total", flops="exact", loss_key="final_val_loss",
     if flops not in FLOPS_CONVENTIONS:
         raise FitInputError(f"unknown FLOP convention {flops!r} (choose from {', '.join(FLOPS_CONVENTIONS)})")
 
+    if loss_key not in RunSummary.__dataclass_fields__ or not loss_key.endswith("loss"):
+        losses = sorted(k for k in RunSummary.__dataclass_fields__ if k.endswith("val_loss"))
+        raise FitInputError(f"--loss-key {loss_key!r} is not a loss field of summary.json (choose from {', '.join(losses)})")
+
     records = []
     for d in find_run_dirs(root):
         rel = str(d.relative_to(root)) if d != root else "."
-        s, err = read_summary(d / "summary.json")
+        s, err = load_summary(d)
         records.append((d, rel, s, err))
-    sweeps_seen = {s.get("sweep") for _, _, s, _ in records if s}
+    sweeps_seen = {s.sweep for _, _, s, _ in records if s}
     if sweep == "auto":
         wanted = "chinchilla" if "chinchilla" in sweeps_seen else None
     elif sweep in (None, "all"):
         wanted = None
     else:
         wanted = sweep
+    # Runs of one sweep must share their data: the majority's fingerprint is the sweep's.
+    hashes = Counter(s.data.get("hash") for _, _, s, _ in records
+                     if s and s.status == "completed" and s.data.get("hash"))
+    majority = hashes.most_common(1)[0][0] if hashes else None
 
     runs, excluded, curves = [], [], []
     cols = {k: [] for k in ("N", "D", "C", "loss", "budget", "fpt")}
     names = []
     for d, rel, s, err in records:
         row = {"name": rel, "dir": rel, "status": None, "reason": None, "sweep": None, "group": None,
-               "budget": None, "N": None, "D": None, "C": None, "loss": None, "tokens_per_s": None,
+               "role": None, "budget": None, "N": None, "D": None, "C": None, "loss": None, "tokens_per_s": None,
                "wall_s": None, "mfu": None, "width": None, "depth": None, "heads": None,
                "params_total": None, "params_non_embedding": None, "used": False, "excluded_reason": None}
         runs.append(row)
@@ -224,28 +197,31 @@ def collect(sweep_dir, params="total", flops="exact", loss_key="final_val_loss",
             row["status"] = "unreadable"
             exclude(err)
             continue
-        model = s.get("model") if isinstance(s.get("model"), dict) else {}
-        name = s.get("name") or rel
-        status = s.get("status")
-        N = _num(s.get("params_total" if params == "total" else "params_non_embedding"))
-        D = _num(s.get("tokens"))
+        N = _num(s.params_total if params == "total" else s.params_non_embedding)
+        D = _num(s.tokens)
         fpt = _flops_per_token(s, params, flops)
-        fpt_exact = _num((s.get("flops_conventions") or {}).get("exact") if isinstance(
-            s.get("flops_conventions"), dict) else None) or _num(s.get("flops_per_token"))
-        loss = _num(s.get(loss_key))
-        row.update(name=str(name), status=status, reason=s.get("reason"), sweep=s.get("sweep"),
-                   group=s.get("group"), budget=_num(s.get("budget")), N=N, D=D,
-                   C=(D * fpt if D is not None and fpt else _num(s.get("compute"))), loss=loss,
-                   tokens_per_s=_num(s.get("tokens_per_s")), wall_s=_num(s.get("wall_s")),
-                   mfu=_num(s.get("mfu")), width=model.get("width"), depth=model.get("depth"),
-                   heads=model.get("heads"), params_total=_num(s.get("params_total")),
-                   params_non_embedding=_num(s.get("params_non_embedding")))
-        if status != "completed":
-            why = f": {s.get('reason')}" if s.get("reason") else ""
-            exclude(f"status {status}{why}" if status else "summary.json has no status")
+        fpt_exact = _num(s.flops_conventions.get("exact")) or _num(s.flops_per_token)
+        loss = _num(getattr(s, loss_key))
+        row.update(name=str(s.name or rel), status=s.status, reason=s.reason, sweep=s.sweep, group=s.group,
+                   role=s.role, budget=_num(s.budget), N=N, D=D,
+                   C=(D * fpt if D is not None and fpt else _num(s.compute)), loss=loss,
+                   tokens_per_s=_num(s.tokens_per_s), wall_s=_num(s.wall_s), mfu=_num(s.mfu),
+                   width=s.model.get("width"), depth=s.model.get("depth"), heads=s.model.get("heads"),
+                   params_total=_num(s.params_total), params_non_embedding=_num(s.params_non_embedding))
+        if s.status != "completed":
+            exclude(f"status {s.status}" + (f": {s.reason}" if s.reason else ""))
             continue
-        if wanted is not None and s.get("sweep") not in (wanted, None):
-            exclude(f"sweep {s.get('sweep')!r} not fitted (fitting the {wanted!r} runs)")
+        if s.role == "trunk":
+            exclude("a cooldown trunk (constant learning rate, never annealed): its forks are the fit's points")
+            continue
+        if wanted is not None and s.sweep not in (wanted, None):
+            exclude(f"sweep {s.sweep!r} not fitted (fitting the {wanted!r} runs)")
+            continue
+        if "above_uniform_loss" in s.flags:
+            exclude("final loss above a uniform guess over the vocabulary: the run learned nothing")
+            continue
+        if majority and s.data.get("hash") and s.data["hash"] != majority:
+            exclude(f"trained on other data than the sweep's majority (data hash {s.data['hash']} vs {majority})")
             continue
         if loss is None or loss <= 0:
             exclude(f"completed but {loss_key} is missing or not a positive number")

@@ -12,9 +12,6 @@ and prints a short table.  Exit status 2 (and no fit.json) when the input cannot
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,6 +25,7 @@ from .approach1 import approach1
 from .approach2 import C_TOL_DECADES, WINDOW_DECADES, approach2
 from .approach3 import GRIDS, HUBER_DELTA, approach3
 from .collect import FitInputError, collect, load_csv
+from train.io_utils import dumps, versions, write_json
 
 SCHEMA = "scalelab.fit/1"
 DEFAULT_PREDICT = tuple(10.0 ** k for k in range(18, 25))
@@ -114,46 +112,9 @@ def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predic
     res["points"] = ds.points()
     res["excluded"] = list(ds.excluded)
     res["runs"] = list(ds.runs)
-    res["versions"] = {"python": platform.python_version(), "numpy": np.__version__,
-                       "scipy": __import__("scipy").__version__}
+    res["versions"] = versions(("numpy", "scipy"))
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     return res
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        v = float(o)
-        return v if np.isfinite(v) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    return o
-
-
-def write_json_atomic(path, obj):
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"  # same folder: the rename is atomic
-    try:
-        with open(tmp, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def default_out_dir(input_path):
@@ -187,7 +148,7 @@ def run_fit(input_path, out_dir=None, *, drop_highest=0, write=True, require_ok=
         raise FitInputError(f"{input_path}: {res['problem']}")
     path = None
     if write:
-        path = write_json_atomic(Path(out_dir or default_out_dir(input_path)) / "fit.json", res)
+        path = write_json(Path(out_dir or default_out_dir(input_path)) / "fit.json", res, indent=1)
     return res, path
 
 
@@ -307,7 +268,7 @@ def main(argv=None):
         print(f"sweeps.fit: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(_jsonable(res), indent=1))
+        print(dumps(res, indent=1))
     else:
         print(format_summary(res))
         print(f"wrote {path}")

@@ -14,7 +14,6 @@ record says what happened, and the end-of-sweep fit tolerates them.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -27,7 +26,10 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
 
-REPO = Path(__file__).resolve().parents[1]
+from train.log import get_logger
+from train.record import load_summary
+
+log = get_logger("sweep")
 
 
 @dataclass
@@ -94,7 +96,6 @@ def job_command(overrides: Sequence[str], job_dir: Path, slot: dict) -> List[str
 
 def job_env(slot: dict) -> dict:
     env = dict(os.environ)
-    env["SCALELAB_IN_SWEEP"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     if "gpus" in slot:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in slot["gpus"])
@@ -112,15 +113,14 @@ def where(slot: dict) -> str:
 
 
 def outcome(job_dir: Path, returncode: int) -> str:
-    try:
-        s = json.loads((job_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+    s, _ = load_summary(job_dir)
+    if s is None:
         return f"no record (exit {returncode}; see {job_dir / 'job.log'})"
-    text = s.get("status", "?")
-    if s.get("final_val_loss") is not None:
-        text += f", val loss {s['final_val_loss']:.4f}"
-    if s.get("reason"):
-        text += f" ({s['reason'][:120]})"
+    text = s.status
+    if s.final_val_loss is not None:
+        text += f", val loss {s.final_val_loss:.4f}"
+    if s.reason:
+        text += f" ({s.reason[:120]})"
     return text
 
 
@@ -154,7 +154,7 @@ class PoolLauncher(Launcher):
         gpus = visible_gpus() if gpus is None else list(gpus)
         slots = make_slots(gpus, **opts)
         total = len(job_overrides)
-        say(f"launching {total} jobs, {len(slots)} at a time ({', '.join(where(s) for s in slots)})")
+        log.info(f"launching {total} jobs, {len(slots)} at a time ({', '.join(where(s) for s in slots)})")
         pending = list(enumerate(job_overrides, start=initial_job_idx))
         running: dict = {}  # slot index -> (idx, proc, job_dir, started, log file)
         returns: dict = {}
@@ -165,21 +165,21 @@ class PoolLauncher(Launcher):
                 s = free.pop(0)
                 job_dir, job_cfg = self._job_dir(overrides, idx)
                 job_dir.mkdir(parents=True, exist_ok=True)
-                log = open(job_dir / "job.log", "a")
+                job_log = open(job_dir / "job.log", "a")
                 shown = " ".join(filter_overrides(overrides))
-                say(f"[{idx + 1}/{total}] {job_dir.name} on {where(slots[s])}: {shown}")
+                log.info(f"[{idx + 1}/{total}] {job_dir.name} on {where(slots[s])}: {shown}")
                 proc = subprocess.Popen(job_command(overrides, job_dir, slots[s]), cwd=os.getcwd(),
-                                        env=job_env(slots[s]), stdout=log, stderr=subprocess.STDOUT)
-                running[s] = (idx, proc, job_dir, time.time(), log, overrides, job_cfg)
+                                        env=job_env(slots[s]), stdout=job_log, stderr=subprocess.STDOUT)
+                running[s] = (idx, proc, job_dir, time.time(), job_log, overrides, job_cfg)
             time.sleep(self.poll_s)
-            for s, (idx, proc, job_dir, started, log, overrides, job_cfg) in list(running.items()):
+            for s, (idx, proc, job_dir, started, job_log, overrides, job_cfg) in list(running.items()):
                 if proc.poll() is None:
                     continue
-                log.close()
+                job_log.close()
                 del running[s]
                 free.append(s)
-                say(f"[{idx + 1}/{total}] {job_dir.name} ended in {time.time() - started:.0f} s: "
-                    f"{outcome(job_dir, proc.returncode)}")
+                log.info(f"[{idx + 1}/{total}] {job_dir.name} ended in {time.time() - started:.0f} s: "
+                         f"{outcome(job_dir, proc.returncode)}")
                 ret = JobReturn(overrides=list(overrides), cfg=job_cfg, hydra_cfg=self.config,
                                 working_dir=str(job_dir), task_name=str(self.config.hydra.job.name))
                 # completed from Hydra's point of view even when the run failed: the run record
@@ -189,6 +189,3 @@ class PoolLauncher(Launcher):
                 returns[idx] = ret
         return [returns[i] for i in sorted(returns)]
 
-
-def say(text: str) -> None:
-    print(f"[scalelab] {text}", file=sys.stderr, flush=True)

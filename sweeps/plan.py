@@ -22,9 +22,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def detect_preset() -> str:
-    forced = os.environ.get("SCALELAB_PRESET")
-    if forced:
-        return forced
     try:
         import torch
 

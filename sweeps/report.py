@@ -14,10 +14,11 @@ import argparse
 import base64
 import html
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
+
+from train.io_utils import atomic_write_text
 
 from .collect import FitInputError, collect
 from .fit import DEFAULT_BOOTSTRAP, run_fit
@@ -224,12 +225,7 @@ def render_html(blocks, img_dir):
 
 
 def _write_text(path, text):
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return str(path)
+    return str(atomic_write_text(path, text))
 
 
 # ----------------------------------------------------------------------------------- the report

@@ -12,34 +12,13 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlparse
+
+from train.io_utils import wandb_mode
 
 DEFAULT_PROJECT = "scalelab"
 # Keys the training loggers use (train/loggers.py mirrors metrics.jsonl rows; config is the run config).
 CURVE_X, CURVE_Y = "flops", "val_loss"
 BUDGET_KEY = "config.train.budget"
-
-
-def api_key_configured():
-    """True when wandb could log in without asking: WANDB_API_KEY, or a netrc entry for the wandb host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return host in netrc.read_text()
-    except OSError:
-        return False
-
-
-def choose_mode():
-    """(mode, why) for the summary run."""
-    env = os.environ.get("WANDB_MODE")
-    if env:
-        return env, f"WANDB_MODE={env}"
-    if api_key_configured():
-        return "online", "an API key is configured"
-    return "offline", "no API key configured (set WANDB_API_KEY or run `wandb login`)"
 
 
 def _reinit(wandb):
@@ -97,9 +76,9 @@ def _tables(wandb, fit):
     return t
 
 
-def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=None, log=print):
-    """Log the fit as one wandb run; returns {"mode", "url" or "dir", "error"}."""
-    mode, why = choose_mode()
+def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=None, mode="auto", log=print):
+    """Log the fit as one wandb run; returns {"mode", "url" or "dir", "error"}. `mode` as logger.mode."""
+    mode, why = wandb_mode(mode)
     out = {"mode": mode, "why": why}
     try:
         import wandb
@@ -141,9 +120,9 @@ def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=
     return out
 
 
-def create_report(fit, *, project=None, entity=None, group=None, log=print):
+def create_report(fit, *, project=None, entity=None, group=None, mode="auto", log=print):
     """A wandb Report for the sweep (online, logged-in users only). Returns {"url"} or {"skipped": why}."""
-    mode, why = choose_mode()
+    mode, why = wandb_mode(mode)
     if mode != "online":
         msg = f"wandb Report not created: wandb is not online ({why}); run `wandb login`, then " \
               "`python -m sweeps.report DIR --wandb-report`"

@@ -48,7 +48,9 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path, cache_dir, par
     # exactly one run folder, one record, nothing per rank beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     assert len(list(tmp_path.rglob("summary.json"))) == 2
-    assert len(list(two.rglob("metrics.jsonl"))) == 1 and len(list(two.glob(".hydra"))) == 1
+    # (no .hydra/ at all: the record's config.yaml holds the resolved config and the overrides)
+    assert len(list(two.rglob("metrics.jsonl"))) == 1 and len(list(two.rglob("config.yaml"))) == 1
+    assert not list(two.glob(".hydra"))
     rows = [r for r in metrics(two) if "train_loss" in r]
     assert [r["step"] for r in rows] == [r["step"] for r in metrics(one) if "train_loss" in r]
 
@@ -117,7 +119,7 @@ def test_a_dead_rank_fails_the_run_instead_of_hanging(tmp_path, cache_dir):
 
 def test_slurm_tasks_become_torch_ranks(monkeypatch):
     """Under `srun` (or submitit_slurm with tasks_per_node > 1) each task derives torchrun's variables."""
-    from train.distributed import _env_from_slurm
+    from train.ranks import env_from_slurm as _env_from_slurm
 
     # _env_from_slurm writes os.environ; give it a copy so nothing leaks into later tests
     monkeypatch.setattr(os, "environ", dict(os.environ))
@@ -135,7 +137,7 @@ def test_slurm_tasks_become_torch_ranks(monkeypatch):
 
 
 def test_single_slurm_task_and_torchrun_are_left_alone(monkeypatch):
-    from train.distributed import _env_from_slurm
+    from train.ranks import env_from_slurm as _env_from_slurm
 
     monkeypatch.setattr(os, "environ", dict(os.environ))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

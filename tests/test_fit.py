@@ -1,5 +1,6 @@
 """Fitting: Epoch AI's Chinchilla replication, recovery of known laws, the CLI on fabricated sweep folders."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ from sweeps.approach1 import approach1
 from sweeps.approach2 import approach2, parabola_vertex
 from sweeps.approach3 import approach3
 from sweeps.collect import collect, load_csv, read_metrics
-from sweeps.fit import run_fit, write_json_atomic
+from sweeps.fit import run_fit
+from train.io_utils import write_json as write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,7 +212,7 @@ def test_csv_conventions(tmp_path):
 def test_write_json_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "fit.json"
     write_json_atomic(target, {"old": 1})
-    monkeypatch.setattr(json, "dump", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
+    monkeypatch.setattr(os, "fsync", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
     with pytest.raises(RuntimeError):
         write_json_atomic(target, {"new": 2})
     assert json.loads(target.read_text()) == {"old": 1}

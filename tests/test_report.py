@@ -11,6 +11,7 @@ from tests.sweep_factory import make_shape_sweep, make_sweep, make_tokens_sweep,
 from sweeps import run_analysis
 from sweeps import wandb_report
 from sweeps.plots import PLOTS
+from train.io_utils import wandb_mode
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -125,7 +126,7 @@ def test_wandb_report_offline_says_why_and_exits_0(tmp_path):
 
 
 def test_wandb_report_without_package(monkeypatch):
-    monkeypatch.setattr(wandb_report, "choose_mode", lambda: ("online", "pretend"))
+    monkeypatch.setattr(wandb_report, "wandb_mode", lambda mode="auto": ("online", "pretend"))
     monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
     monkeypatch.setitem(sys.modules, "wandb_workspaces.reports", None)
     monkeypatch.setitem(sys.modules, "wandb_workspaces.reports.v2", None)
@@ -135,14 +136,14 @@ def test_wandb_report_without_package(monkeypatch):
 
 
 @pytest.mark.parametrize("has_key", [True, False])
-def test_choose_mode(monkeypatch, tmp_path, has_key):
+def test_wandb_mode(monkeypatch, tmp_path, has_key):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     netrc = tmp_path / "netrc"
     if has_key:
         netrc.write_text("machine api.wandb.ai\n  login user\n  password x\n")
     monkeypatch.setenv("NETRC", str(netrc))
-    assert wandb_report.choose_mode()[0] == ("online" if has_key else "offline")
+    assert wandb_mode()[0] == ("online" if has_key else "offline")
 
 
 def test_wandb_report_structure_with_a_fake_api(monkeypatch):
@@ -170,7 +171,7 @@ def test_wandb_report_structure_with_a_fake_api(monkeypatch):
     for name, mod in (("wandb_workspaces", pkg), ("wandb_workspaces.reports", reports),
                       ("wandb_workspaces.reports.v2", v2)):
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.setattr(wandb_report, "choose_mode", lambda: ("online", "pretend"))
+    monkeypatch.setattr(wandb_report, "wandb_mode", lambda mode="auto": ("online", "pretend"))
     fit = {"params_convention": "total", "flops_convention": "exact", "flops_convention_description": "x",
            "approach3": {"a": 0.5, "b": 0.5, "E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37},
            "runs": [{"group": "chinchilla-cpu"}]}

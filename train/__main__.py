@@ -3,28 +3,33 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.plan import register_resolvers as register_sweep_resolvers
-from train.config import register_configs, register_resolvers
-from train.record import check_writable
+from train import log as logs
+from train import ranks
+from train.config import check_override, register_configs, register_resolvers
+from train.io_utils import check_writable
 
 register_configs()
 register_resolvers()
-register_sweep_resolvers()
+log = logs.get_logger()
 
 
 def preflight(argv) -> None:
-    """Hydra creates the output folder before any of our code runs and answers a failure with a
-    traceback; check an explicitly given folder first, so the user gets one clear line instead."""
+    """Mistakes Hydra would answer with a traceback or a raw message, caught first with one clear line:
+    an output folder that cannot be written (Hydra creates it before any of our code runs), an unknown
+    key or a value of the wrong type."""
     for arg in argv:
         for key in ("hydra.run.dir=", "hydra.sweep.dir="):
             if arg.startswith(key) and "${" not in arg:
                 problem = check_writable(arg[len(key):])
                 if problem:
-                    print(f"error: {problem}; choose another with {key}PATH", file=sys.stderr)
+                    log.error(f"{problem}; choose another with {key}PATH")
                     sys.exit(2)
+        problem = check_override(arg)
+        if problem:
+            log.error(problem)
+            sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -32,12 +37,13 @@ def main(cfg: DictConfig) -> None:
     from train.run import execute  # torch is imported only once the config has composed
 
     hc = HydraConfig.get()
-    in_sweep = hc.mode == RunMode.MULTIRUN
-    code = execute(cfg, hc.runtime.output_dir, OmegaConf.to_yaml(cfg, resolve=True), in_sweep)
-    if code and not in_sweep:
+    code = execute(cfg, hc.runtime.output_dir, OmegaConf.to_yaml(cfg, resolve=True), tuple(hc.overrides.task))
+    if code:
         sys.exit(code)
 
 
 if __name__ == "__main__":
+    ranks.env_from_slurm()  # before Hydra resolves ${...}: every SLURM task must know its rank
+    logs.setup(console=ranks.rank() == 0)
     preflight(sys.argv[1:])
     main()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import time
 import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from model.config import ConfigError, GPTConfig
 from train.data import DataConfig, DataError
+from train.record import ROLES
 
 
 def _model_schema():
@@ -35,6 +34,7 @@ def _model_schema():
 ModelSchema = _model_schema()
 
 SCHEDULES = ("cosine", "wsd", "constant")
+DECAY_SHAPES = ("linear", "sqrt")
 LR_RULES = ("porian", "deepseek")
 BATCH_RULES = ("porian", "deepseek")
 RESUME = ("auto", "never")
@@ -52,7 +52,8 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | wsd | constant
     min_lr_ratio: float = 0.1  # cosine / wsd end at lr * min_lr_ratio
     warmup: Optional[float] = 0.05  # < 1: fraction of the run's steps; >= 1: steps; null: N tokens (Porian et al.)
-    wsd_decay: float = 0.2  # WSD: fraction of steps spent in the final linear decay
+    wsd_decay: float = 0.2  # WSD: fraction of steps spent in the final decay
+    decay_shape: str = "linear"  # WSD's final decay: linear, or sqrt (1 - sqrt, Hägele et al. 2024)
     beta1: float = 0.9
     beta2: Optional[float] = 0.95  # null: 0.99 up to 220M non-embedding params, 0.95 above (Porian et al.)
     eps: float = 1e-8
@@ -62,7 +63,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    tokens: Optional[int] = 1_600_000  # tokens to train; ignored when budget or tokens_per_param is set
+    tokens: Optional[float] = 1_600_000  # tokens to train (a whole number; 1.6e6 is fine); ignored when budget or tokens_per_param is set
     budget: Optional[float] = None  # training FLOPs (exact convention); tokens = budget / FLOPs per token
     tokens_per_param: Optional[float] = None  # tokens = this x non-embedding params
     batch_tokens: Optional[int] = 8192  # global batch in tokens; null: follow train.batch_rule
@@ -70,14 +71,20 @@ class TrainConfig:
     micro_batch: Optional[int] = None  # sequences per device per micro-step; null: as many as fit a default cap
     seed: int = 0
     resume: str = "auto"  # auto: continue from the run dir's latest checkpoint; never: start over
-    eval_every: int = 100  # steps; 0: only at the end
+    eval_every: int = 50  # steps; 0: only at the end
     eval_points: Optional[int] = None  # if set: this many evaluations spread over the run (overrides eval_every)
-    ckpt_every: int = 200  # steps; 0: only at the end
+    eval_tokens: Optional[int] = None  # intermediate evaluations use this many of the val tokens (null: all);
+    # the final evaluation always uses the whole fixed validation set (data.val_tokens)
+    ckpt_every: int = 100  # steps; 0: only at the end
+    keep_ckpt_steps: List[int] = field(default_factory=list)  # checkpoints never pruned (a trunk's branch points)
+    init_from: Optional[str] = None  # a cooldown fork: start from this run folder's checkpoint at init_step
+    init_step: Optional[int] = None
     log_every: int = 10
     min_steps: int = 20  # a run with fewer optimizer steps is recorded as skipped
     max_epochs: float = 1.0  # a run needing more passes over the training tokens is recorded as skipped
     diverge_ratio: float = 2.0  # after warmup, train loss above this x its best so far (smoothed) ends the run
     compile: bool = False
+    cuda_graphs: bool = False  # capture each training step in a CUDA graph (one process, one micro-batch per step)
     device: str = "auto"
     dtype: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     parallel: str = "ddp"  # multi-process strategy under torchrun: ddp | fsdp (FSDP2 fully_shard)
@@ -103,6 +110,8 @@ class SweepConfig:
     preset: str = "auto"
     presets: Any = None
     fit: bool = True  # run the fit and report when the multirun ends
+    job: Optional[str] = None  # this job's name in the sweep (set by the sweep's planner)
+    role: str = "run"  # run | trunk (a constant-lr run that cooldown forks branch from) | fork
 
 
 @dataclass
@@ -124,31 +133,15 @@ def register_configs() -> None:
     cs.store(name="schema", node=Config)
 
 
-def run_stamp() -> str:
-    """A run-dir name every process of one launch agrees on: torchrun gives all its workers the
-    same TORCHELASTIC_RUN_ID and SLURM the same job id; a lone process uses the time."""
-    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("TORCHELASTIC_RUN_ID") != "none":
-        return time.strftime("%Y-%m-%d") + "_torchrun-" + os.environ["TORCHELASTIC_RUN_ID"][:12]
-    if os.environ.get("SLURM_JOB_ID"):
-        return "slurm-" + os.environ["SLURM_JOB_ID"] + "-" + os.environ.get("SLURM_ARRAY_TASK_ID", "0")
-    return time.strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def _rank_suffix() -> str:
-    rank = int(os.environ.get("RANK", "0"))
-    return "" if rank == 0 else f".rank{rank}"
-
-
-def _rank_zero_only(value):
-    return value if int(os.environ.get("RANK", "0")) == 0 else None
-
-
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
-    OmegaConf.register_new_resolver("rank_zero_only", _rank_zero_only, replace=True)
+    from train import ranks
+
+    OmegaConf.register_new_resolver("run_stamp", ranks.run_stamp, use_cache=True, replace=True)
+    # .hydra/ is written by rank 0 only (SLURM task variables are mapped to RANK before this resolves)
+    OmegaConf.register_new_resolver("rank_zero_only", lambda value: value if ranks.rank() == 0 else None,
+                                    replace=True)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -220,6 +213,56 @@ def _check_known_keys(cfg, schema, prefix: str = "") -> None:
             _check_known_keys(node, sub_schema, f"{prefix}{key}.")
 
 
+def _scalar_kind(annotation) -> Optional[type]:
+    """int, float or bool for a (possibly Optional) scalar field type, else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if len(args) == 1 and args[0] in (int, float, bool) else None
+
+
+def check_override(arg: str) -> Optional[str]:
+    """The problem with one command-line override `key=value` for a schema key, or None. Hydra would
+    reject the same mistakes, but with a raw message; this one names the key, the value and what is
+    valid (and suggests the key meant). Group choices (`data=text`), `+`/`~` edits and hydra.* pass."""
+    if "=" not in arg or arg[:1] in "+~" or arg.startswith(("hydra", "-")):
+        return None
+    key, value = arg.split("=", 1)
+    parts = key.split(".")
+    if len(parts) < 2 or "/" in key:
+        return None
+    schema = Config
+    for depth, name in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        if name not in fields:
+            prefix = ".".join(parts[:depth])
+            guess = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean {prefix}.{guess[0]}?)" if guess else ""
+            return (f"unknown config key {key}{hint}; valid keys under {prefix}: {', '.join(sorted(fields))}")
+        f = fields[name]
+        sub = f.default_factory if dataclasses.is_dataclass(getattr(f, "default_factory", None)) else None
+        if sub is None:
+            if depth != len(parts) - 1:
+                return None  # a free-form value such as sweep.presets: checked where it is used
+            kind = _scalar_kind(typing.get_type_hints(schema)[name])
+            if kind is None or value in ("null", "") or "${" in value:
+                return None
+            try:
+                if kind is bool:
+                    if value.lower() not in ("true", "false"):
+                        raise ValueError
+                elif kind is int:
+                    number = float(value)
+                    if not number.is_integer():
+                        raise ValueError
+                else:
+                    float(value)
+            except ValueError:
+                want = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+                return f"{key} must be {want}, got {value!r}"
+            return None
+        schema = sub
+    return None
+
+
 def validate(cfg) -> RunConfig:
     """Check a composed config (DictConfig or Config) and return a RunConfig. Raises ConfigError."""
     from omegaconf import OmegaConf
@@ -251,11 +294,15 @@ def validate(cfg) -> RunConfig:
     for key, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         if value is not None and not 0 <= value < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {value!r}")
+    _one_of("optim.decay_shape", o.decay_shape, DECAY_SHAPES)
     _positive("optim.eps", o.eps)
     _non_negative("optim.weight_decay", o.weight_decay)
     _non_negative("optim.grad_clip", o.grad_clip)
 
-    _positive("train.tokens", t.tokens, allow_none=True, integer=True)
+    if t.tokens is not None:  # typed as a float so 1e6 is accepted; it must still be a whole number
+        if isinstance(t.tokens, float) and t.tokens.is_integer():
+            t = dataclasses.replace(t, tokens=int(t.tokens))
+        _positive("train.tokens", t.tokens, integer=True)
     _positive("train.budget", t.budget, allow_none=True)
     _positive("train.tokens_per_param", t.tokens_per_param, allow_none=True)
     if t.tokens is None and t.budget is None and t.tokens_per_param is None:
@@ -269,6 +316,13 @@ def validate(cfg) -> RunConfig:
     for key in ("eval_every", "ckpt_every", "min_steps"):
         _non_negative(f"train.{key}", getattr(t, key), integer=True)
     _positive("train.eval_points", t.eval_points, allow_none=True, integer=True)
+    _positive("train.eval_tokens", t.eval_tokens, allow_none=True, integer=True)
+    for step in t.keep_ckpt_steps:
+        _positive("train.keep_ckpt_steps[]", step, integer=True)
+    if (t.init_from is None) != (t.init_step is None):
+        raise ConfigError("train.init_from (a run folder) and train.init_step (its checkpoint's step) go together; "
+                          f"got init_from={t.init_from!r}, init_step={t.init_step!r}")
+    _positive("train.init_step", t.init_step, allow_none=True, integer=True)
     _positive("train.log_every", t.log_every, integer=True)
     _positive("train.max_epochs", t.max_epochs)
     if not t.diverge_ratio > 1:
@@ -279,4 +333,10 @@ def validate(cfg) -> RunConfig:
     _positive("train.dist_timeout_s", t.dist_timeout_s, integer=True)
     _one_of("logger.kind", lg.kind, LOGGERS)
     _one_of("logger.mode", lg.mode, WANDB_MODES)
-    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=obj.sweep)
+    sw = obj.sweep
+    _one_of("sweep.role", sw.role, ROLES)
+    if sw.name is None and (sw.preset != "auto" or sw.presets or sw.job or sw.role != "run"):
+        raise ConfigError(f"sweep settings given (sweep.preset={sw.preset!r}) but no sweep is chosen; "
+                          "add +sweep=NAME (chinchilla, shape, tokens or testtime), e.g. "
+                          "python -m train +sweep=chinchilla sweep.preset=smoke")
+    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=sw)

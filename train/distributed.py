@@ -5,11 +5,13 @@ Model code knows nothing of this: parallelism is applied to a built GPT from the
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from model.config import ConfigError
+from train import ranks
 
 
 @dataclass(frozen=True)
@@ -28,34 +30,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _env_from_slurm() -> None:
-    """Under `srun` without torchrun, derive torchrun's variables from SLURM's (one task per GPU)."""
-    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
-        return
-    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-        return
-    os.environ["RANK"] = os.environ["SLURM_PROCID"]
-    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-    if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
-        # the first host of a nodelist like "gpu[01-04],cpu7" (scontrol would need a subprocess)
-        first = nodes.split(",")[0]
-        if "[" in first:
-            prefix, rest = first.split("[", 1)
-            first = prefix + rest.split("-")[0].split(",")[0].rstrip("]")
-        os.environ["MASTER_ADDR"] = first
-    os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000))
-
-
 def setup(device_pref: str, timeout_s: int) -> DistInfo:
-    _env_from_slurm()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ranks.env_from_slurm()
+    world, rank, local_rank = ranks.world_size(), ranks.rank(), ranks.local_rank()
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
     if use_cuda:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

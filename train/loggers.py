@@ -6,12 +6,14 @@ never stops training.
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
+from train.io_utils import wandb_mode
+from train.log import get_logger
 from train.record import METRICS, MetricsFile
+
+log = get_logger("wandb")
 
 
 class Logger:
@@ -39,23 +41,6 @@ class JsonlLogger(Logger):
         self.file.close()
 
 
-def wandb_mode(requested: str) -> str:
-    """auto: online when the user has configured an API key, offline otherwise (sync later with `wandb sync`)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        if "api.wandb.ai" in netrc.read_text():
-            return "online"
-    except OSError:
-        pass
-    return "offline"
-
-
 class WandbLogger(Logger):
     def __init__(self, run_dir: Path, cfg, config_dict: dict, name: str, resume_id: Optional[str]):
         self._run = None
@@ -64,7 +49,7 @@ class WandbLogger(Logger):
 
             self._run = wandb.init(
                 project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-                name=name, config=config_dict, dir=str(run_dir), mode=wandb_mode(cfg.mode),
+                name=name, config=config_dict, dir=str(run_dir), mode=wandb_mode(cfg.mode)[0],
                 id=resume_id, resume="allow" if resume_id else None, reinit=True,
             )
             self.run_id = getattr(self._run, "id", None)
@@ -72,7 +57,7 @@ class WandbLogger(Logger):
             self._warn(e)
 
     def _warn(self, e):
-        print(f"[scalelab] wandb disabled for this run: {type(e).__name__}: {e}", file=sys.stderr)
+        log.warning(f"wandb disabled for this run: {type(e).__name__}: {e}")
         self._run = None
 
     def log(self, row):

@@ -1,14 +1,12 @@
-"""The training loop: gradient accumulation to a global batch, schedule, evaluation, checkpoints,
-divergence guard and progress output. The data position is a pure function of the step, so a
-resumed run (on any world size) reads exactly the batches an uninterrupted one would."""
+"""The training loop: steps (train/step.py), schedule, evaluation, checkpoints, divergence guard,
+a graceful stop on request, and progress lines. The data position is a pure function of the step,
+so a resumed run (on any world size) reads exactly the batches an uninterrupted one would."""
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -16,9 +14,12 @@ from model.config import ConfigError
 from model.flops import mfu as compute_mfu
 from train import checkpoint
 from train import distributed as D
-from train.optim import lr_at
+from train.log import PLAIN, get_logger
+from train.optim import Schedule
+from train.step import TrainStep, autocast_for
 
 LN2 = math.log(2)
+log = get_logger("train")
 
 
 @dataclass
@@ -33,14 +34,36 @@ class LoopState:
     best_loss_ema: float = float("inf")
     train_seconds: float = 0.0  # time in training steps (for tokens/s), across resumptions
     wall_seconds: float = 0.0  # whole wall time across resumptions
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class LoopResult:
-    status: str
+    status: str  # completed | diverged | stopped
     reason: Optional[str]
     state: LoopState
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    schedule: Schedule
+    grad_clip: float
+    log_every: int
+    eval_every: int  # 0: only at the end
+    ckpt_every: int  # 0: only at the end
+    diverge_ratio: float
+    bf16: bool
+    parallel: str = "ddp"
+    cuda_graphs: bool = False
+    keep_steps: tuple = ()  # checkpoints kept whatever the retention (a trunk's branch points)
+
+
+@dataclass
+class TrainData:
+    sequences: object  # train.data.TrainSequences
+    val_batches: list  # the full fixed validation set: the final evaluation
+    val_subset: int  # how many of val_batches the intermediate evaluations use (a fixed prefix)
+    bytes_per_token: Optional[float]  # over the full validation set, for bits per byte
+    micro: int  # sequences per micro-step
 
 
 def format_eta(seconds: float) -> str:
@@ -51,60 +74,42 @@ def format_eta(seconds: float) -> str:
 
 
 class Trainer:
-    def __init__(self, *, model, optimizer, plan, run, info: D.DistInfo, seq_len: int, micro: int, sequences, val_batches,
-                 bytes_per_token, flops_per_token, device_name, logger, run_dir, on_checkpoint=None):
-        self.model, self.optimizer, self.plan, self.run, self.info = model, optimizer, plan, run, info
-        self.sequences, self.val_batches = sequences, val_batches
-        self.bytes_per_token, self.flops_per_token, self.device_name = bytes_per_token, flops_per_token, device_name
-        self.logger, self.run_dir, self.on_checkpoint = logger, run_dir, on_checkpoint
-        t = run.train
-        self.batch_seqs = plan.batch_tokens // seq_len
+    def __init__(self, *, model, optimizer, plan, settings: LoopSettings, data: TrainData, info: D.DistInfo,
+                 logger, checkpointer: checkpoint.Checkpointer, flops_per_token: float, device_name: str,
+                 extra_state: Optional[Callable[[], dict]] = None):
+        self.model, self.optimizer, self.plan, self.settings = model, optimizer, plan, settings
+        self.data, self.info, self.logger, self.checkpointer = data, info, logger, checkpointer
+        self.flops_per_token, self.device_name = flops_per_token, device_name
+        self.extra_state = extra_state  # more entries for each checkpoint (identity, wandb id)
+        self.batch_seqs = plan.batch_tokens // data.sequences.seq_len
         self.rank_seqs = self.batch_seqs // info.world_size
-        self.micro = micro  # sequences per micro-step (micro_batch_size; val batches use the same size)
-        self.accum = self.rank_seqs // self.micro
-        use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and info.device.type == "cuda")
-        # sweeps ask for a number of evaluations per run, so curves have the same resolution at any length
-        self.eval_every = max(1, plan.steps // t.eval_points) if t.eval_points else t.eval_every
-        self.autocast = (torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16
-                         else contextlib.nullcontext())
+        self.accum = self.rank_seqs // data.micro
+        self.step_fn = TrainStep(model, optimizer, self.accum, settings.grad_clip,
+                                 autocast_for(info.device, settings.bf16, settings.cuda_graphs), settings.cuda_graphs)
+        self.autocast = autocast_for(info.device, settings.bf16)
         self.state = LoopState()
+        self.stop_requested: Callable[[], Optional[str]] = lambda: None  # run.py installs the signal check
 
     # ------------------------------------------------------------------ pieces
 
     def _micro_batches(self, step: int):
         first = step * self.batch_seqs + self.info.rank * self.rank_seqs
+        micro = self.data.micro
         for i in range(self.accum):
-            x, y = self.sequences.get(first + i * self.micro, self.micro)
+            x, y = self.data.sequences.get(first + i * micro, micro)
             yield x.to(self.info.device, non_blocking=True), y.to(self.info.device, non_blocking=True)
 
-    def _train_step(self, step: int, lr: float):
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        total = torch.zeros((), device=self.info.device)
-        for i, (x, y) in enumerate(self._micro_batches(step)):
-            last = i == self.accum - 1
-            # DDP all-reduces gradients only on the last micro-step
-            sync = self.model.no_sync() if (not last and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
-            with sync, self.autocast:
-                loss = self.model(x, y) / self.accum
-            with sync:
-                loss.backward()
-            total += loss.detach()
-        clip = self.run.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return D.all_reduce_sum(total) / self.info.world_size, grad_norm
-
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, Optional[float]]:
+    def evaluate(self, full: bool = True) -> tuple[float, Optional[float]]:
+        """Mean validation loss (nats/token) and bits per byte, on the full fixed set or its fixed subset."""
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.info.device)
-        world, n = self.info.world_size, len(self.val_batches)
+        batches = self.data.val_batches if full else self.data.val_batches[:self.data.val_subset]
+        sums = torch.zeros(3, dtype=torch.float64, device=self.info.device)
+        world, n = self.info.world_size, len(batches)
         # every rank runs the same number of forwards (FSDP gathers weights collectively in each):
         # a rank with no batch left repeats batch 0 and gives it weight 0
         for i in range(self.info.rank, -(-n // world) * world, world):
-            x, y = self.val_batches[i if i < n else 0]
+            x, y = batches[i if i < n else 0]
             with self.autocast:
                 loss = self.model(x.to(self.info.device), y.to(self.info.device))
             if i < n:
@@ -113,44 +118,41 @@ class Trainer:
         D.all_reduce_sum(sums)
         self.model.train()
         val = (sums[0] / sums[1]).item()
-        bpb = val / LN2 / self.bytes_per_token if self.bytes_per_token else None
+        bpb = val / LN2 / self.data.bytes_per_token if (self.data.bytes_per_token and full) else None
         return val, bpb
 
     def _save(self, step: int):
-        model_state, optim_state = D.full_state(self.model, self.optimizer, self.run.train.parallel, self.info.enabled)
+        model_state, optim_state = D.full_state(self.model, self.optimizer, self.settings.parallel, self.info.enabled)
         if self.info.is_main:
             state = {"model": model_state, "optimizer": optim_state, "loop": self.state.__dict__.copy(),
                      "rng": checkpoint.rng_state(), "world_size": self.info.world_size,
                      "batch_tokens": self.plan.batch_tokens, "steps": self.plan.steps}
-            if self.on_checkpoint:
-                self.on_checkpoint(state)
-            checkpoint.save(self.run_dir, step, state)
+            if self.extra_state:
+                state.update(self.extra_state())
+            self.checkpointer.save(step, state)
         D.barrier()
 
-    def restore(self, state: dict) -> None:
-        if state.get("batch_tokens") != self.plan.batch_tokens or state.get("steps") != self.plan.steps:
-            raise RuntimeError(
-                f"checkpoint was made for batch_tokens={state.get('batch_tokens')}, steps={state.get('steps')}; "
-                f"this run plans batch_tokens={self.plan.batch_tokens}, steps={self.plan.steps}. "
-                "Resume with the same config, or train.resume=never to start over."
-            )
+    def restore(self, state: dict, step: Optional[int] = None) -> None:
+        """Continue from a checkpoint's weights, optimizer and loop state. `step`: a fork's branch point
+        (its trunk's checkpoint): the loop state starts there, the rest of the trunk's state is dropped."""
         D.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"],
-                          self.run.train.parallel, self.info.enabled)
-        self.state = LoopState(**state["loop"])
+                          self.settings.parallel, self.info.enabled)
+        if step is None:
+            self.state = LoopState(**state["loop"])
+        else:
+            loop = state["loop"]
+            self.state = LoopState(step=step, loss_ema=loop.get("loss_ema"), best_loss_ema=loop.get("best_loss_ema"),
+                                   train_seconds=0.0, wall_seconds=0.0)
         checkpoint.set_rng_state(state["rng"])
 
-    def _log(self, row: dict) -> None:
-        self.logger.log(row)
-
-    def _print(self, text: str) -> None:
+    def _line(self, text: str) -> None:
         if self.info.is_main:
-            print(text, file=sys.stderr, flush=True)
+            log.info(text, extra=PLAIN)
 
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> LoopResult:
-        t, o, plan = self.run.train, self.run.optim, self.plan
-        st = self.state
+        s, plan, st = self.settings, self.plan, self.state
         started = time.perf_counter()
         wall_before = st.wall_seconds
         window_loss, window_steps, window_time = torch.zeros((), device=self.info.device), 0, 0.0
@@ -158,17 +160,17 @@ class Trainer:
         self.model.train()
         step = st.step
         while step < plan.steps:
-            lr = lr_at(step, plan.steps, plan.warmup_steps, plan.lr, o.schedule, o.min_lr_ratio, o.wsd_decay)
+            lr = s.schedule(step)
             t0 = time.perf_counter()
-            loss, grad_norm = self._train_step(step, lr)
+            loss, grad_norm = self.step_fn(self._micro_batches(step), lr)
             window_loss += loss
             window_steps += 1
             step += 1
             st.step = step
             last = step == plan.steps
 
-            if step % t.log_every == 0 or last:
-                train_loss = (window_loss / window_steps).item()  # host sync: once per log interval
+            if step % s.log_every == 0 or last:
+                train_loss = (D.all_reduce_sum(window_loss) / self.info.world_size / window_steps).item()
                 if self.info.device.type == "cuda":
                     torch.cuda.synchronize()
                 window_time += time.perf_counter() - t0
@@ -176,13 +178,13 @@ class Trainer:
                 tokens_per_s = window_steps * plan.batch_tokens / max(window_time, 1e-9)
                 u = compute_mfu(tokens_per_s, self.flops_per_token, self.device_name, self.info.world_size)
                 tokens = step * plan.batch_tokens
-                self._log({"step": step, "tokens": tokens, "flops": tokens * self.flops_per_token,
-                           "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
-                           "tokens_per_s": tokens_per_s, "mfu": u})
+                self.logger.log({"step": step, "tokens": tokens, "flops": tokens * self.flops_per_token,
+                                 "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
+                                 "tokens_per_s": tokens_per_s, "mfu": u})
                 eta = (plan.steps - step) * window_time / window_steps
-                self._print(f"step {step:>6}/{plan.steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                            f"{tokens_per_s / 1e3:,.1f}k tok/s" + (f" | mfu {u:.1%}" if u is not None else "")
-                            + f" | eta {format_eta(eta)}")
+                self._line(f"step {step:>6}/{plan.steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                           f"{tokens_per_s / 1e3:,.1f}k tok/s" + (f" | mfu {u:.1%}" if u is not None else "")
+                           + f" | eta {format_eta(eta)}")
                 window_loss.zero_()
                 window_steps, window_time = 0, 0.0
                 reason = self._divergence(train_loss, step)
@@ -192,23 +194,41 @@ class Trainer:
             else:
                 window_time += time.perf_counter() - t0
 
-            if (self.eval_every and step % self.eval_every == 0) or last:
-                val, bpb = self.evaluate()
-                st.final_val_loss, st.final_val_bpb = val, bpb
-                st.best_val_loss = min(st.best_val_loss, val)
+            if (s.eval_every and step % s.eval_every == 0) or last:
+                full = last or self.data.val_subset >= len(self.data.val_batches)
+                val, bpb = self.evaluate(full=full)
+                if full:  # the final and best losses are always on the full fixed validation set
+                    st.final_val_loss, st.final_val_bpb = val, bpb
+                    st.best_val_loss = min(st.best_val_loss, val)
                 tokens = step * plan.batch_tokens
-                self._log({"step": step, "tokens": tokens, "flops": tokens * self.flops_per_token,
-                           "val_loss": val, "val_bpb": bpb})
-                self._print(f"step {step:>6}/{plan.steps} | val loss {val:.4f}" +
-                            (f" | val bpb {bpb:.4f}" if bpb is not None else ""))
+                self.logger.log({"step": step, "tokens": tokens, "flops": tokens * self.flops_per_token,
+                                 "val_loss": val, "val_bpb": bpb, "val_full": full})
+                self._line(f"step {step:>6}/{plan.steps} | val loss {val:.4f}" +
+                           (f" | val bpb {bpb:.4f}" if bpb is not None else ""))
                 if not math.isfinite(val):
                     status, reason = "diverged", f"validation loss is {val} at step {step}"
                     break
-            if (t.ckpt_every and step % t.ckpt_every == 0) or last:
+            stop = self._stop_requested(step, last or step % s.log_every == 0)
+            if (s.ckpt_every and step % s.ckpt_every == 0) or last or step in s.keep_steps or stop:
                 st.wall_seconds = wall_before + time.perf_counter() - started
                 self._save(step)
+            if stop and not last:
+                status, reason = "stopped", stop
+                break
         st.wall_seconds = wall_before + time.perf_counter() - started
         return LoopResult(status, reason, st)
+
+    def _stop_requested(self, step: int, synced: bool) -> Optional[str]:
+        """A signal asked the run to stop. One process checks every step; several agree at log steps
+        (where they synchronise anyway), so every rank leaves the loop at the same step."""
+        why = self.stop_requested()
+        if not self.info.enabled:
+            return why
+        if not synced:
+            return None
+        flag = torch.tensor([1.0 if why else 0.0], device=self.info.device)
+        D.all_reduce_sum(flag)
+        return (why or "another rank was asked to stop") if flag.item() > 0 else None
 
     def _divergence(self, loss: float, step: int) -> Optional[str]:
         st = self.state
@@ -218,9 +238,9 @@ class Trainer:
         if step <= self.plan.warmup_steps:
             return None
         st.best_loss_ema = min(st.best_loss_ema, st.loss_ema)
-        if st.loss_ema > self.run.train.diverge_ratio * st.best_loss_ema:
+        if st.loss_ema > self.settings.diverge_ratio * st.best_loss_ema:
             return (f"training loss ran away at step {step}: smoothed {st.loss_ema:.3f} > "
-                    f"{self.run.train.diverge_ratio} x best {st.best_loss_ema:.3f} (train.diverge_ratio)")
+                    f"{self.settings.diverge_ratio} x best {st.best_loss_ema:.3f} (train.diverge_ratio)")
         return None
 
 
@@ -231,7 +251,7 @@ def micro_batch_size(rank_seqs: int, seq_len: int, requested: Optional[int], dev
         if rank_seqs % requested:
             divisors = [d for d in range(1, rank_seqs + 1) if rank_seqs % d == 0]
             raise ConfigError(f"train.micro_batch={requested} must divide the per-process batch of {rank_seqs} "
-                             f"sequences; valid: {divisors}")
+                              f"sequences; valid: {divisors}")
         return requested
     cap_tokens = 32768 if device_type == "cuda" else 16384
     cap = max(1, cap_tokens // seq_len)

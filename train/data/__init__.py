@@ -23,6 +23,8 @@ Imports neither hydra, omegaconf nor wandb; torch only when batches are made.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -114,6 +116,17 @@ class Dataset:
         if name == "bpe":
             return BPETokenizer.load(self.dir)
         return None
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """What identifies these tokens, for run records: two runs with equal fingerprints trained and
+        validated on the same token streams. `hash` covers the source's content fingerprint, the
+        tokenizer and the token counts (raw nanoGPT shards: their file fingerprint)."""
+        src = self.meta.get("source", {})
+        tok = self.meta.get("tokenizer", {})
+        fp = {"source": src.get("kind"), "tokenizer": tok.get("name"), "vocab_size": self.vocab_size,
+              "train_tokens": len(self.train), "val_tokens": len(self.val)}
+        basis = json.dumps([src.get("fingerprint"), src.get("cache_key"), tok, fp], sort_keys=True, default=str)
+        return {**fp, "hash": hashlib.sha256(basis.encode()).hexdigest()[:16]}
 
     def summary(self) -> Dict[str, Any]:
         """A compact description for run records."""
