@@ -12,7 +12,6 @@ which nvidia-smi defines as the fraction of each sample period in which a kernel
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -52,25 +51,31 @@ class GpuSampler(threading.Thread):
 
 
 def sweep_outcome(sweep_dir: Path) -> dict:
+    """Run statuses (through train.record's loader) and the fit's exponents (through sweeps.results')."""
+    from sweeps.collect import find_run_dirs
+    from sweeps.results import load_fit
+    from train.record import load_summary
+
     statuses: dict[str, int] = {}
-    for summary in sweep_dir.rglob("summary.json"):
-        try:
-            status = json.loads(summary.read_text()).get("status", "unknown")
-        except ValueError:
-            status = "unreadable"
+    for run_dir in find_run_dirs(sweep_dir):
+        summary, _ = load_summary(run_dir)
+        status = summary.status if summary else "unreadable"
         statuses[status] = statuses.get(status, 0) + 1
     out = {"runs": sum(statuses.values()), "statuses": statuses, "a_approach2": None, "a_approach3": None}
-    try:
-        fit = json.loads((sweep_dir / "fit.json").read_text())
-    except (OSError, ValueError):
+    fit, _ = load_fit(sweep_dir)
+    if fit is None:
         return out
+    out["fit_status"] = fit.status
     for key in ("approach2", "approach3"):
-        result = fit.get(key) or {}
-        out[f"a_{key}"] = result.get("a")
-        if result.get("a_ci") or (result.get("ci") or {}).get("a"):
-            out[f"a_{key}_ci"] = result.get("a_ci") or result["ci"]["a"]
-    out["params_convention"] = fit.get("params_convention")
-    out["flops_convention"] = fit.get("flops_convention")
+        r = getattr(fit, key)
+        out[f"a_{key}"] = r.a
+        out[f"{key}_status"] = r.status
+        if r.ci.get("a"):
+            out[f"a_{key}_ci"] = r.ci["a"]
+    if fit.holdout is not None:
+        out["holdout_max_abs_rel_error"] = fit.holdout.max_abs_rel_error
+    out["params_convention"] = fit.params_convention
+    out["flops_convention"] = fit.flops_convention
     return out
 
 

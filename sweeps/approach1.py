@@ -1,109 +1,113 @@
-"""Approach 1: the lower envelope of the training curves.
+"""Approach 1: the lower envelope of loss against compute.
 
-Each run's validation loss is known at a series of cumulative compute values (metrics.jsonl eval
-lines).  On a log-spaced grid of C, every run whose curve covers C gives a loss (linear
-interpolation in ln C); the envelope is the lowest of them, and the run reaching it gives N_opt(C)
-and D_opt(C) = C / FLOPs-per-token of that run.  Grid points won by the smallest or the largest
-model of the sweep are left out of the power-law fit (the optimum may lie beyond the sampled
-sizes there).  Then ln N_opt = a ln C + c, ln D_opt = b ln C + c by least squares.  CIs come from
-a bootstrap over runs (resample whole curves, recompute the envelope and the fit).
+The envelope at compute C is the lowest loss any run reached with at most C FLOPs: a step function through
+the measured points (never above any of them).  A run is on the compute-optimal frontier when no run reached
+a lower loss with at most ``c_tol`` decades more compute (so the runs of one budget, whose compute differs by
+rounding, compete with each other); the N and D of those runs give ln N_opt = a ln C + c and ln D_opt = b ln C
++ c by least squares, leaving out runs that are the smallest or largest model at their compute (the optimum
+may lie beyond the sampled sizes there).
+
+Which points: by default each run's final loss, the only annealed point of a cosine run (and every fork of a
+cooldown trunk is annealed).  ``points_used="curves"`` adds every full-validation evaluation of the training
+curves, as Chinchilla did; intermediate points of cosine runs are not annealed (the learning rate has not
+decayed there), so their loss is higher than a run planned to end there would reach, which biases the
+envelope towards larger models.
+
+Always reported as indicative, without an interval: the envelope is a minimum over runs, and N_opt moves in
+steps of the ladder's spacing; a bootstrap of a minimum is not a valid interval.  Approaches 2 and 3 carry
+the intervals.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import bootstrap as bs
+from .approach2 import C_TOL_DECADES
+from .results import Approach1Result, Prediction
 
-GRID_POINTS = 40
-
-
-def _loss_matrix(curves, grid):
-    """Loss of every run at every grid C (NaN where the run's curve does not cover C)."""
-    lg = np.log(grid)
-    M = np.full((len(curves), len(grid)), np.nan)
-    for i, c in enumerate(curves):
-        lc = np.log(c["C"])
-        inside = (lg >= lc[0]) & (lg <= lc[-1])
-        M[i, inside] = np.interp(lg[inside], lc, c["loss"])
-    return M
+POINTS = ("annealed", "curves")
+INDICATIVE = ("the envelope is a minimum over runs (no resampling interval is valid for a minimum) "
+              "and its N_opt moves in steps of the ladder's spacing; approaches 2 and 3 carry the intervals")
+CURVES_NOTE = ("intermediate points of cosine runs are not annealed: their loss is higher than a run planned to "
+               "end there would reach, which favours larger models")
 
 
-def _envelope(M, rows, Ns, fpts, grid):
-    """(winner index per grid C or -1, envelope loss) using only the given rows of M."""
-    sub = M[rows]
-    covered = np.isfinite(sub).sum(axis=0)
-    filled = np.where(np.isfinite(sub), sub, np.inf)
-    w = np.argmin(filled, axis=0)
-    env = filled[w, np.arange(len(grid))]
-    winner = np.where(covered >= 2, np.asarray(rows)[w], -1)
-    return winner, np.where(covered >= 1, env, np.nan)
+def _frontier_points(C, loss, c_tol):
+    """Indices of the points no other point beats with at most c_tol decades more compute."""
+    order = np.argsort(loss, kind="stable")
+    winners = []
+    for rank, i in enumerate(order):
+        better = order[:rank]
+        if not np.any(C[better] <= C[i] * 10 ** c_tol):
+            winners.append(i)
+    return np.array(sorted(winners, key=lambda i: C[i]), dtype=int)
 
 
-def _fit(grid, winner, Ns, fpts, rows):
-    """Power laws from the grid points whose winner is neither the smallest nor the largest model."""
-    n_lo, n_hi = Ns[rows].min(), Ns[rows].max()
-    ok = winner >= 0
-    ok &= np.where(ok, (Ns[winner] > n_lo) & (Ns[winner] < n_hi), False)
-    if ok.sum() < 3 or len(np.unique(winner[ok])) < 2:
-        return None, ok
-    C = grid[ok]
-    Nopt = Ns[winner[ok]]
-    Dopt = C / fpts[winner[ok]]
-    a, cN = np.polyfit(np.log(C), np.log(Nopt), 1)
-    b, cD = np.polyfit(np.log(C), np.log(Dopt), 1)
-    return (float(a), float(cN), float(b), float(cD)), ok
+def envelope_steps(C, loss):
+    """Indices where the running minimum of loss over increasing compute drops: the envelope's steps."""
+    order = np.argsort(C, kind="stable")
+    steps, best = [], np.inf
+    for i in order:
+        if loss[i] < best:
+            steps.append(i)
+            best = loss[i]
+    return np.array(steps, dtype=int)
 
 
-def approach1(curves, *, grid_points=GRID_POINTS, bootstrap=200, seed=bs.DEFAULT_SEED, predict=(), level=0.95):
-    """Envelope fit over training curves (list of {"name", "N", "fpt", "C", "loss"})."""
-    curves = [c for c in curves if len(c["C"]) >= 2]
-    if not curves:
-        return {"skipped": "no training curves"}
-    if len({c["N"] for c in curves}) < 3:
-        return {"skipped": "training curves of fewer than 3 model sizes"}
-    lo = min(c["C"][0] for c in curves)
-    hi = max(c["C"][-1] for c in curves)
-    grid = np.exp(np.linspace(np.log(lo), np.log(hi), grid_points))
-    M = _loss_matrix(curves, grid)
-    Ns = np.array([float(c["N"]) for c in curves])
-    fpts = np.array([float(c["fpt"]) for c in curves])
-    rows = np.arange(len(curves))
-    winner, env = _envelope(M, rows, Ns, fpts, grid)
-    fit, ok = _fit(grid, winner, Ns, fpts, rows)
-    out = {
-        "method": "lower envelope of validation loss vs cumulative compute over a log-spaced grid of C; "
-        "N and D of the run on the envelope; ln N_opt, ln D_opt linear in ln C (grid points won by the "
-        "smallest or largest model left out)",
-        "n_curves": len(curves),
-        "envelope": [{"C": float(c), "loss": None if not np.isfinite(l) else float(l),
-                      "run": curves[w]["name"] if w >= 0 else None,
-                      "N": float(Ns[w]) if w >= 0 else None,
-                      "D": float(c / fpts[w]) if w >= 0 else None, "used": bool(u)}
-                     for c, l, w, u in zip(grid, env, winner, ok)],
-    }
-    if fit is None:
-        out["skipped"] = ("the envelope is reached by fewer than 2 interior model sizes at 3+ grid points "
-                          "(curves too short or the optimum lies outside the sampled sizes)")
-        return out
-    a, cN, b, cD = fit
-    out.update(a=a, b=b, N_coef=float(np.exp(cN)), D_coef=float(np.exp(cD)), n_grid_used=int(ok.sum()),
-               law="N_opt = N_coef C^a, D_opt = D_coef C^b")
-    gen = bs.rng(seed)
-    sa, sb = [], []
-    for _ in range(int(bootstrap)):
-        r = np.unique(bs.resample(gen, len(curves)))  # duplicates do not change an envelope
-        if len(np.unique(Ns[r])) < 3:
-            continue
-        w, _ = _envelope(M, r, Ns, fpts, grid)
-        f, _ = _fit(grid, w, Ns, fpts, r)
-        if f is not None:
-            sa.append(f[0]), sb.append(f[2])
-    out["ci_level"] = level
-    out["a_ci"] = bs.percentile_ci(sa, level)
-    out["b_ci"] = bs.percentile_ci(sb, level)
-    out["bootstrap"] = {"replicates": int(bootstrap), "valid": len(sa), "seed": seed,
-                        "method": "resample whole runs with replacement, recompute envelope and fit"}
-    out["predictions"] = [{"C": float(c), "N_opt": float(np.exp(cN) * c ** a), "D_opt": float(np.exp(cD) * c ** b),
-                           "tokens_per_param": float(np.exp(cD - cN) * c ** (b - a)), "loss": None}
-                          for c in predict]
-    return out
+def approach1(N, D, C, loss, names, *, curves=None, points_used="annealed", c_tol=C_TOL_DECADES, predict=(),
+              extrapolation=None, **_ignored):
+    """Envelope fit; an :class:`Approach1Result` (status "indicative" or "skipped")."""
+    if points_used not in POINTS:
+        raise ValueError(f"points_used {points_used!r} (choose from {', '.join(POINTS)})")
+    N, D, C, loss = (np.asarray(v, dtype=float) for v in (N, D, C, loss))
+    names = list(names)
+    n_runs = len(N)
+    if points_used == "curves":
+        curves = [c for c in (curves or []) if len(c["C"]) >= 1]
+        if not curves:
+            return Approach1Result.skipped("no training curves (metrics.jsonl with full validation evaluations)",
+                                           points_used=points_used)
+        n_runs = len(curves)
+        N = np.concatenate([np.full(len(c["C"]), float(c["N"])) for c in curves] + [N])
+        D = np.concatenate([np.asarray(c["C"]) / c["fpt"] for c in curves] + [D])
+        names = [c["name"] for c in curves for _ in c["C"]] + names
+        C = np.concatenate([np.asarray(c["C"], dtype=float) for c in curves] + [C])
+        loss = np.concatenate([np.asarray(c["loss"], dtype=float) for c in curves] + [loss])
+    if len(np.unique(N)) < 3:
+        return Approach1Result.skipped("points of fewer than 3 model sizes", points_used=points_used)
+
+    win = _frontier_points(C, loss, c_tol)
+    used = []
+    for i in win:
+        near = np.abs(np.log10(C / C[i])) <= c_tol
+        used.append(N[near].min() < N[i] < N[near].max())
+    used = np.array(used, dtype=bool)
+    steps = envelope_steps(C, loss)
+    on_frontier = {int(i): bool(u) for i, u in zip(win, used)}
+    res = Approach1Result(
+        status="indicative", reason=INDICATIVE + ("; " + CURVES_NOTE if points_used == "curves" else ""),
+        method="lower envelope of loss vs compute over " + (
+            "each run's final (annealed) loss" if points_used == "annealed" else "every full evaluation of the "
+            "training curves") + f"; frontier runs: no lower loss within {c_tol} decades more compute; ln N_opt, "
+        "ln D_opt linear in ln C (runs that are the smallest or largest model at their compute left out)",
+        points_used=points_used, n_runs=n_runs, n_points=len(N),
+        envelope=[{"C": float(C[i]), "loss": float(loss[i]), "run": names[i], "N": float(N[i]), "D": float(D[i]),
+                   "frontier": int(i) in on_frontier, "used": on_frontier.get(int(i), False)}
+                  for i in sorted(set(steps.tolist()) | set(win.tolist()), key=lambda j: C[j])])
+    if points_used == "curves":
+        res.warnings.append(CURVES_NOTE)
+    fit = win[used]
+    if len(fit) < 3 or len(np.unique(N[fit])) < 2:
+        res.status = "skipped"
+        res.reason = (f"{len(fit)} frontier runs of {len(np.unique(N[fit]))} interior model sizes: need 3 runs of at "
+                      "least 2 sizes (is the optimum outside the sampled sizes?)")
+        return res
+    lN = bs.Line.fit(np.log(C[fit]), np.log(N[fit]))
+    lD = bs.Line.fit(np.log(C[fit]), np.log(D[fit]))
+    res.a, res.b = lN.slope, lD.slope
+    res.N_coef, res.D_coef = float(np.exp(lN.intercept)), float(np.exp(lD.intercept))
+    for Cp in predict:
+        Nn, Dd = float(np.exp(lN.at(np.log(Cp)))), float(np.exp(lD.at(np.log(Cp))))
+        res.predictions.append(Prediction(C=float(Cp), N_opt=Nn, D_opt=Dd, tokens_per_param=Dd / Nn,
+                                          extrapolation=extrapolation(Cp) if extrapolation else None))
+    return res

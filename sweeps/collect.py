@@ -12,7 +12,7 @@ import csv
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,23 @@ class Dataset:
 
     def __len__(self):
         return len(self.N)
+
+    @classmethod
+    def from_arrays(cls, N, D, C, loss, *, budget=None, names=None, source="arrays"):
+        """A Dataset of plain arrays (C = FLOPs given per point; fpt = C / D)."""
+        N, D, C, loss = (np.asarray(v, dtype=float) for v in (N, D, C, loss))
+        budget = np.full(len(N), np.nan) if budget is None else np.asarray(budget, dtype=float)
+        return cls(kind="arrays", source=source, N=N, D=D, C=C, loss=loss,
+                   names=list(names) if names is not None else [f"p{i}" for i in range(len(N))],
+                   budget=budget, fpt=C / D, params_convention="as given", params_description="N as given",
+                   flops_convention="as given", flops_description="C as given")
+
+    def subset(self, keep):
+        """A copy holding only the points where ``keep`` is true (runs, exclusions and curves are shared)."""
+        keep = np.asarray(keep, dtype=bool)
+        cut = {k: getattr(self, k)[keep] for k in ("N", "D", "C", "loss", "budget", "fpt")}
+        names = [n for n, k in zip(self.names, keep) if k]
+        return replace(self, names=names, **cut)
 
     def points(self):
         """The points used, as JSON-ready rows."""
@@ -114,14 +131,18 @@ def _flops_per_token(s: RunSummary, params, flops):
 
 
 def _curve(run_dir, name, N, fpt, fpt_exact):
-    """Validation loss against cumulative compute (chosen convention) from metrics.jsonl, or None."""
+    """Validation loss against cumulative compute (chosen convention) from metrics.jsonl, or None.
+
+    Only evaluations on the whole validation set count (rows with ``val_full`` false used a fixed subset,
+    which is noisier and not the same measurement); rows written before that field existed count as whole.
+    """
     path = run_dir / METRICS
     if not path.is_file():
         return None
     cs, ls = [], []
     for row in read_metrics(path):
         loss = _num(row.get("val_loss"))
-        if loss is None or loss <= 0:
+        if loss is None or loss <= 0 or row.get("val_full") is False:
             continue
         tokens = _num(row.get("tokens"))
         flops = _num(row.get("flops"))

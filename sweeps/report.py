@@ -1,145 +1,172 @@
 """Reports: ``python -m sweeps.report DIR`` writes PNG plots, report.md and report.html into DIR.
 
-DIR holds a fit.json (written by ``python -m sweeps.fit``); when it has none, DIR is taken as a sweep
-folder and fitted first.  Training curves for the loss-vs-compute plot are re-read from the fit's
-input folder when it still exists.  A summary run is logged to wandb (offline unless an API key is
-configured; ``--no-wandb`` to skip), and ``--wandb-report`` also builds a wandb Report when logged in.
+The report is made from DIR/fit.json alone (the one source of truth: ``python -m sweeps.fit`` rebuilds a
+report it finds beside the fit.json it writes); when DIR has no fit.json it is taken as a sweep folder and
+fitted first.  Training curves for the loss-vs-compute plot are re-read from the fit's input folder when it
+still exists.  wandb is opt-in: ``--wandb`` logs a summary run, ``--wandb-report`` builds a wandb Report.
 
-:func:`run_analysis` is the entry point for the end-of-sweep callback: collect -> fit -> report,
-returning a status dict and never raising.
+:func:`run_analysis` is the entry point for the end-of-sweep callback: collect -> fit (with the largest budget
+held out and predicted) -> report, returning a status dict and never raising.
 """
 from __future__ import annotations
 
 import argparse
 import base64
 import html
-import json
+import re
 import sys
 import traceback
 from pathlib import Path
 
 from train.io_utils import atomic_write_text
+from train.log import get_logger, setup
 
 from .collect import FitInputError, collect
-from .fit import DEFAULT_BOOTSTRAP, run_fit
-from .plots import PLOTS
+from .fit import DEFAULT_BOOTSTRAP, LOAD_KEYS, holdout_line, run_fit
+from .plots import save_plots
+from .results import FIT_JSON, fmt, fmt_ci, load_fit
+
+_log = get_logger("fit")
 
 CAPTIONS = {
     "isoflop.png": "IsoFLOP profiles: loss vs N per compute budget, the parabola fitted near each minimum, "
     "and its vertex (star). Hollow markers: budgets excluded (reason in the table).",
-    "frontier.png": "Compute-optimal N and D vs C for each approach, with 95% bootstrap bands; dotted: "
-    "Chinchilla's a = b = 0.5, dashed black: Kaplan's a = 0.73, both drawn through the N_opt and D_opt "
-    "of Epoch AI's refit of Chinchilla's law at the middle of this sweep's compute range.",
+    "frontier.png": "Compute-optimal N and D vs C for each approach, with 95% interval bands where the approach "
+    "has an interval; dotted: Chinchilla's a = b = 0.5, dashed black: Kaplan's a = 0.73, both drawn through the "
+    "N_opt and D_opt of Epoch AI's refit of Chinchilla's law at the middle of this sweep's compute range.",
     "loss_vs_compute.png": "Validation loss vs compute: training curves (colour = N), final losses, the lower "
-    "envelope used by approach 1 and the loss approach 3 predicts on its frontier.",
+    "envelope (the lowest loss reached with at most that compute) and the loss approach 3 predicts on its "
+    "frontier.",
     "residuals.png": "Approach-3 residuals in log loss against N and against tokens per parameter.",
     "shape.png": "Shape sweep (Kaplan's check): loss vs width/depth at fixed non-embedding N.",
     "tokens.png": "Tokens sweep: loss vs tokens per parameter for each model size.",
 }
-
-
-def _f(v, spec=".4g"):
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    try:
-        return format(v, spec)
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _ci(ci, spec=".3f"):
-    return "-" if not ci else f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
+NAMES = {"approach1": "1: envelope of loss vs compute", "approach2": "2: IsoFLOP parabolas",
+         "approach3": "3: parametric L(N, D)"}
+STATUS_TEXT = {"ok": "OK", "indicative": "INDICATIVE (no interval can be backed)",
+               "not_identified": "NOT IDENTIFIED (the data cannot pin the law down)", "failed": "FAILED"}
 
 
 def _title(fit):
-    names = {r.get("sweep") for r in fit.get("runs", []) if r.get("sweep")}
-    groups = {r.get("group") for r in fit.get("runs", []) if r.get("group")}
-    base = Path(fit.get("input", "?")).name
-    label = ", ".join(sorted(names)) if names else fit.get("input_kind", "")
+    names = {r.get("sweep") for r in fit.runs if r.get("sweep")}
+    groups = {r.get("group") for r in fit.runs if r.get("group")}
+    base = Path(fit.input or "?").name
+    label = ", ".join(sorted(names)) if names else fit.input_kind
     g = f" (group {', '.join(sorted(map(str, groups)))})" if groups else ""
     return f"Scaling-law fit: {base} — {label}{g}"
+
+
+def _interval_text(r):
+    iv = r.interval
+    if iv is None:
+        return "no interval: " + (r.reason or "not fitted")
+    if iv.withheld:
+        return f"withheld: {iv.withheld}"
+    text = iv.method
+    if iv.replicates:
+        text += f"; {iv.replicates} replicates, {iv.valid} valid ({iv.valid_fraction:.0%}), {fmt(iv.seconds, '.1f')} s"
+    return text
 
 
 # ------------------------------------------------------------------------------- the document
 def build_document(fit, plots):
     """The report as a list of blocks: ("h1"|"h2"|"p"|"ul"|"table"|"img", ...)."""
-    B = []
-    B.append(("h1", _title(fit)))
+    B = [("h1", _title(fit))]
+    B.append(("p", f"**Status: {STATUS_TEXT.get(fit.status, fit.status)}.**"
+                   + (f" {fit.problem}" if fit.status != "ok" and fit.problem else "")))
     B.append(("ul", [
-        f"input: `{fit.get('input')}` ({fit.get('input_kind')}), fitted {fit.get('created')}",
-        f"points used: {fit.get('n_points')}, excluded: {fit.get('n_excluded')}",
-        f"parameter convention: **{fit.get('params_convention')}** — {fit.get('params_convention_description')}",
-        f"FLOP convention: **{fit.get('flops_convention')}** — {fit.get('flops_convention_description')}",
-    ] + [f"note: {n}" for n in fit.get("notes", [])]))
-    if not fit.get("ok", True):
-        B.append(("p", f"**No law could be fitted.** {fit.get('problem', '')}"))
+        f"input: `{fit.input}` ({fit.input_kind}), fitted {fit.created}",
+        f"points used: {fit.n_points}, excluded: {fit.n_excluded}",
+        f"parameter convention: **{fit.params_convention}** — {fit.params_convention_description}",
+        f"FLOP convention: **{fit.flops_convention}** — {fit.flops_convention_description}",
+        f"fitted compute: {fmt(fit.fitted_C_range[0], '.3g')} to {fmt(fit.fitted_C_range[1], '.3g')} FLOPs"
+        if fit.fitted_C_range else "fitted compute: -",
+    ] + [f"note: {n}" for n in fit.notes]))
+
+    h = fit.holdout
+    if h is not None:
+        B.append(("h2", "Held-out prediction"))
+        B += _holdout_blocks(h)
 
     B.append(("h2", "Compute-optimal allocation: N_opt ∝ C^a, D_opt ∝ C^b"))
     rows = []
-    for key, name in (("approach1", "1: envelope of training curves"), ("approach2", "2: IsoFLOP parabolas"),
-                      ("approach3", "3: parametric L(N, D)")):
-        r = fit.get(key) or {}
-        if "a" not in r:
-            rows.append([name, "-", "-", "-", "-", f"skipped: {r.get('skipped', 'not run')}"])
+    for key, r in fit.approaches():
+        if not r.fitted:
+            rows.append([NAMES[key], r.status, "-", "-", "-", "-", r.reason or ""])
             continue
-        if key == "approach3":
-            ci = r.get("ci") or {}
-            rows.append([name, _f(r["a"], ".3f"), _ci(ci.get("a")), _f(r["b"], ".3f"), _ci(ci.get("b")),
-                         f"{r['n_points']} points, {r['bootstrap']['replicates']} bootstrap replicates"])
-        elif key == "approach2":
-            rows.append([name, _f(r["a"], ".3f"), _ci(r.get("a_ci")), _f(r["b"], ".3f"), _ci(r.get("b_ci")),
-                         f"{r['n_budgets_used']} of {r['n_budgets']} budgets"])
-        else:
-            rows.append([name, _f(r["a"], ".3f"), _ci(r.get("a_ci")), _f(r["b"], ".3f"), _ci(r.get("b_ci")),
-                         f"{r['n_curves']} curves, {r['n_grid_used']} grid points"])
-    B.append(("table", ["approach", "a", "95% CI", "b", "95% CI", "notes"], rows))
+        rows.append([NAMES[key], r.status, fmt(r.a, ".3f"), fmt_ci(r.ci.get("a")), fmt(r.b, ".3f"),
+                     fmt_ci(r.ci.get("b")), _interval_text(r)])
+    B.append(("table", ["approach", "status", "a", "95% interval", "b", "95% interval", "interval: how it is made"],
+              rows))
+    notes = [f"approach {k[-1]} {r.status.replace('_', ' ')}: {r.reason}" for k, r in fit.approaches()
+             if r.status in ("indicative", "not_identified") and r.reason]
+    notes += [f"approach {k[-1]}: {w}" for k, r in fit.approaches() for w in r.warnings]
+    if notes:
+        B.append(("ul", notes))
     B.append(("p", "Reading: Chinchilla (Hoffmann et al. 2022) found a ≈ b ≈ 0.5 (grow N and D equally); "
                    "Kaplan et al. (2020) found a ≈ 0.73. At small scale the parameter and FLOP conventions "
                    "alone move a between these (Porian et al. 2024; Pearce & Song 2024): compare fits "
-                   "with `--params non_embedding` and `--flops 6n`."))
+                   "with `--params non_embedding` and `--flops 6n`. Status *indicative* means a number without an "
+                   "interval that can be backed; *not identified* means the data cannot pin it down."))
 
-    r3 = fit.get("approach3") or {}
-    if "alpha" in r3:
-        B.append(("h2", "Approach 3: L(N, D) = E + A / N^alpha + B / D^beta"))
-        ci = r3.get("ci") or {}
-        B.append(("table", ["parameter", "estimate", "95% CI"],
-                  [[k, _f(r3[k], ".4g"), _ci(ci.get(k), ".4g")] for k in ("E", "A", "B", "alpha", "beta", "a", "b", "G")]))
-        B.append(("p", f"Method: {r3['method']}; Huber delta {r3['huber_delta']}, "
-                       f"{r3['grid_starts']} starts ({r3.get('grid')} grid), objective {r3['objective']:.6g}, "
-                       f"rmse {r3['rmse_log']:.3g} in log loss. Bootstrap: {r3['bootstrap']['method']}. "
-                       f"Frontier: {r3['frontier_formula']}, using {r3['flops_relation']['description']}."))
+    r2 = fit.approach2
+    if r2.window_sensitivity and r2.fitted:
+        B.append(("p", "Approach 2 window sensitivity (the parabola's fitting window, decades of N either side of "
+                       "the lowest loss): " + ", ".join(f"±{w['window']:g}: a = {fmt(w['a'], '.3f')} "
+                                                       f"({w['budgets_used']} budgets)"
+                                                       for w in r2.window_sensitivity) + "."))
 
-    preds3 = r3.get("predictions") or []
-    preds2 = {p["C"]: p for p in (fit.get("approach2") or {}).get("predictions") or []}
+    r3 = fit.approach3
+    if r3.law is not None:
+        B.append(("h2", f"Approach 3: L(N, D) = E + A / N^alpha + B / D^beta ({r3.status.replace('_', ' ')})"))
+        keys = ["E", "A", "B", "alpha", "beta", "a", "b", "a_closed_form"]
+        B.append(("table", ["parameter", "estimate", "95% interval"],
+                  [[k, fmt(getattr(r3, k), ".4g"), fmt_ci(r3.ci.get(k), ".4g")] for k in keys]))
+        noise = (f" Noise model from the residuals: {r3.noise['within_sd']:.3g} within budgets, "
+                 f"{r3.noise['between_sd']:.3g} shared by a budget's runs (sd of log loss, {r3.noise['groups']} "
+                 "budgets)." if r3.noise else "")
+        B.append(("p", f"Method: {r3.method}; Huber delta {r3.huber_delta}, {r3.grid_starts} starts ({r3.grid} grid), "
+                       f"objective {r3.objective:.6g}, rmse {r3.rmse_log:.3g} in log loss. Interval: "
+                       f"{_interval_text(r3)}.{noise} Frontier: {r3.flops_relation.get('description')}; a and b are "
+                       "the slopes of ln N_opt and ln D_opt over the fitted compute, a_closed_form = "
+                       "beta/(alpha+beta) the slope under C = k N D with one k."))
+
+    preds3 = r3.predictions if r3.fitted else []
+    preds2 = {p.C: p for p in (r2.predictions if r2.fitted else [])}
     if preds3 or preds2:
         B.append(("h2", "Frontier predictions"))
         rows = []
         for p in preds3 or list(preds2.values()):
-            q = preds2.get(p["C"], {})
+            q = preds2.get(p.C)
+            row = [fmt(p.C, ".3g")]
             if preds3:
-                rows.append([_f(p["C"], ".3g"), _f(p["N_opt"], ".3g"), _ci(p.get("N_opt_ci"), ".3g"),
-                             _f(p["D_opt"], ".3g"), _f(p["tokens_per_param"], ".1f"),
-                             _ci(p.get("tokens_per_param_ci"), ".1f"), _f(p["loss"], ".4f"),
-                             _f(q.get("N_opt"), ".3g"), _f(q.get("D_opt"), ".3g")])
+                row += [fmt(p.N_opt, ".3g"), fmt_ci(p.ci.get("N_opt"), ".3g"), fmt(p.D_opt, ".3g"),
+                        fmt(p.tokens_per_param, ".1f"), fmt_ci(p.ci.get("tokens_per_param"), ".1f"), fmt(p.loss, ".4f")]
             else:
-                rows.append([_f(p["C"], ".3g"), "-", "-", "-", "-", "-", "-", _f(p["N_opt"], ".3g"),
-                             _f(p["D_opt"], ".3g")])
-        B.append(("table", ["C (FLOPs)", "N_opt (3)", "95% CI", "D_opt (3)", "D/N (3)", "95% CI", "loss (3)",
-                            "N_opt (2)", "D_opt (2)"], rows))
-        B.append(("p", "Extrapolations far beyond the sweep's compute range: read them as what this sweep's "
-                       "law implies, with the CIs as a lower bound on the uncertainty."))
+                row += ["-"] * 6
+            row += [fmt(q.N_opt, ".3g") if q else "-", fmt_ci(q.ci.get("N_opt"), ".3g") if q else "-",
+                    p.extrapolation or ""]
+            rows.append(row)
+        B.append(("table", ["C (FLOPs)", "N_opt (3)", "95% interval", "D_opt (3)", "D/N (3)", "95% interval",
+                            "loss (3)", "N_opt (2)", "95% interval (2)", "extrapolation"], rows))
+        B.append(("p", f"Approach 3 is {r3.status.replace('_', ' ')}, approach 2 {r2.status.replace('_', ' ')}. "
+                       "Rows more than one decade outside the fitted compute are extrapolations: read them as what "
+                       "this sweep's law implies, with the intervals as a lower bound on the uncertainty."))
 
-    r2 = fit.get("approach2") or {}
-    if r2.get("budgets"):
+    if r2.budgets:
         B.append(("h2", "Approach 2: per-budget optima"))
-        rows = [[_f(b["C"], ".3g"), _f(b.get("budget"), ".3g"), str(b["n_points"]), _f(b.get("N_opt"), ".3g"),
-                 _f(b.get("D_opt"), ".3g"), _f(b.get("tokens_per_param"), ".1f"), _f(b.get("loss_opt"), ".4f"),
-                 b.get("excluded", "")] for b in r2["budgets"]]
-        B.append(("table", ["C", "requested budget", "runs", "N_opt", "D_opt", "D/N", "loss at vertex",
-                            "excluded"], rows))
-        B.append(("p", f"Method: {r2['method']}. Grouping: {r2['grouping']}."))
+        rows = [[fmt(b.C, ".3g"), fmt(b.budget, ".3g"), str(b.n_points),
+                 "-" if not b.compute_spread else f"{b.compute_spread[0]:.3f}-{b.compute_spread[1]:.3f}",
+                 fmt(b.N_opt, ".3g"), fmt(b.D_opt, ".3g"), fmt(b.tokens_per_param, ".1f"), fmt(b.loss_opt, ".4f"),
+                 b.excluded or ""] for b in r2.budgets]
+        B.append(("table", ["C", "requested budget", "runs", "compute spread", "N_opt", "D_opt", "D/N",
+                            "loss at vertex", "excluded"], rows))
+        B.append(("p", f"Method: {r2.method}. Grouping: {r2.grouping}."))
+
+    r1 = fit.approach1
+    if r1.status != "skipped" or r1.envelope:
+        B.append(("h2", "Approach 1: lower envelope"))
+        B.append(("p", f"{r1.method}. " + (r1.reason or "")))
 
     B.append(("h2", "Plots"))
     for name, val in plots.items():
@@ -150,17 +177,52 @@ def build_document(fit, plots):
         B.append(("p", "Plots left out:"))
         B.append(("ul", omitted))
 
-    if fit.get("excluded"):
-        B.append(("h2", f"Excluded ({len(fit['excluded'])})"))
-        B.append(("table", ["run / point", "reason"], [[e["name"], e["reason"]] for e in fit["excluded"]]))
+    if fit.excluded:
+        B.append(("h2", f"Excluded ({len(fit.excluded)})"))
+        B.append(("table", ["run / point", "reason"], [[e["name"], e["reason"]] for e in fit.excluded]))
 
-    if fit.get("runs"):
-        B.append(("h2", f"Runs ({len(fit['runs'])})"))
+    if fit.runs:
+        B.append(("h2", f"Runs ({len(fit.runs)})"))
         rows = [[r["name"], str(r.get("status")), r.get("reason") or r.get("excluded_reason") or "",
-                 _f(r.get("N"), ".3g"), _f(r.get("D"), ".3g"), _f(r.get("C"), ".3g"), _f(r.get("loss"), ".4f"),
-                 _f(r.get("tokens_per_s"), ".3g"), _f(r.get("wall_s"), ".1f")] for r in fit["runs"]]
+                 fmt(r.get("N"), ".3g"), fmt(r.get("D"), ".3g"), fmt(r.get("C"), ".3g"), fmt(r.get("loss"), ".4f"),
+                 fmt(r.get("tokens_per_s"), ".3g"), fmt(r.get("wall_s"), ".1f")] for r in fit.runs]
         B.append(("table", ["name", "status", "reason", "N", "D", "C", "loss", "tokens/s", "wall (s)"], rows))
     return B
+
+
+def _holdout_blocks(h):
+    if h.status != "ok":
+        return [("p", f"Held out `{h.rule}`: skipped ({h.reason}).")]
+    largest = h.rule.startswith("C>")
+    lead = ("Fit on the smaller budgets, predicted the largest" if largest else f"Fit on the points outside `{h.rule}`, "
+            "predicted the ones inside")
+    inside = sum(1 for p in h.points if p.inside)
+    with_iv = sum(1 for p in h.points if p.inside is not None)
+    blocks = [("p", f"**{lead}: error {h.max_abs_rel_error:.2%} at most, {h.mean_abs_rel_error:.2%} on average"
+                    + (f"; {inside} of {with_iv} held-out losses inside their 95% prediction intervals" if with_iv
+                       else "") + f".** Law: {h.approach}, fitted on {h.n_train} points; the form was chosen by "
+                    f"{h.law_choice.get('method', '-')}"
+                    + (f" (mean |error| {', '.join(f'{k} {v:.2%}' for k, v in h.law_choice['mean_abs_rel_error'].items())})"
+                       if h.law_choice.get("mean_abs_rel_error") else "") + "."
+                    + (f" {h.extrapolation}." if h.extrapolation else "") + (f" Note: {h.reason}." if h.reason else ""))]
+    rows = [[p.name, fmt(p.N, ".3g"), fmt(p.D, ".3g"), fmt(p.C, ".3g"), fmt(p.loss, ".4f"), fmt(p.predicted, ".4f"),
+             f"{p.rel_error:+.2%}", fmt_ci(p.interval, ".4f"), "-" if p.inside is None else ("yes" if p.inside else "NO")]
+            for p in h.points]
+    blocks.append(("table", ["run", "N", "D", "C", "loss", "predicted", "error", "95% prediction interval",
+                             "inside"], rows))
+    if h.interval is not None:
+        blocks.append(("p", f"Prediction intervals: {h.interval.method}" + (f" (withheld: {h.interval.withheld})"
+                                                                           if h.interval.withheld else "") + "."))
+    if h.budgets:
+        rows = [[fmt(b["C"], ".3g"), str(b["n_points"]), fmt(b.get("N_opt_observed"), ".3g"),
+                 fmt(b.get("N_opt_approach3"), ".3g"), fmt_ci(b.get("N_opt_approach3_ci"), ".3g"),
+                 fmt(b.get("N_opt_approach2"), ".3g"), fmt_ci(b.get("N_opt_approach2_ci"), ".3g"),
+                 fmt(b.get("loss_min_observed"), ".4f"), fmt(b.get("loss_opt_approach3"), ".4f"),
+                 fmt_ci(b.get("loss_opt_approach3_ci"), ".4f")] for b in h.budgets]
+        blocks.append(("table", ["held-out budget C", "runs", "N_opt observed (vertex)", "N_opt predicted (3)",
+                                 "95% interval", "N_opt predicted (2)", "95% interval (2)", "lowest loss observed",
+                                 "optimal loss predicted (3)", "95% interval"], rows))
+    return blocks
 
 
 def render_markdown(blocks):
@@ -188,8 +250,6 @@ def render_markdown(blocks):
 
 def _inline_md(text):
     """Escape, then render the two inline forms used above: **bold** and `code`."""
-    import re
-
     s = html.escape(text)
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
@@ -224,107 +284,92 @@ def render_html(blocks, img_dir):
     return "\n".join(out)
 
 
-def _write_text(path, text):
-    return str(atomic_write_text(path, text))
-
-
 # ----------------------------------------------------------------------------------- the report
 def _curves_for(fit):
     """Training curves from the fit's input folder (same conventions), or []."""
-    if fit.get("input_kind") != "sweep" or not Path(fit.get("input", "")).is_dir():
+    if fit.input_kind != "sweep" or not Path(fit.input or "").is_dir():
         return []
-    opts = fit.get("collect_options") or {}
+    opts = fit.collect_options or {}
     try:
-        return collect(fit["input"], params=opts.get("params", "total"), flops=opts.get("flops", "exact"),
+        return collect(fit.input, params=opts.get("params", "total"), flops=opts.get("flops", "exact"),
                        loss_key=opts.get("loss_key", "final_val_loss"), sweep=opts.get("sweep", "auto")).curves
     except Exception:
         return []
 
 
-def make_report(report_dir, *, fit=None, wandb=True, wandb_report=False, fit_kwargs=None, wandb_options=None,
-                log=print):
-    """Plots + report.md + report.html in report_dir (fitting first when it has no fit.json).
+def make_report(report_dir, *, wandb_enabled=False, wandb_report=False, wandb_options=None, log=None):
+    """Plots + report.md + report.html in report_dir, made from its fit.json.
 
     Returns {"fit_json", "report_md", "report_html", "plots": {name: path or reason}, "wandb": {...}}.
-    Raises FitInputError only when there is no fit.json and report_dir cannot be fitted.
+    Raises FitInputError when report_dir has no readable fit.json.
     """
     report_dir = Path(report_dir)
-    fit_path = report_dir / "fit.json"
+    fit, why = load_fit(report_dir)
     if fit is None:
-        if fit_path.is_file():
-            try:
-                fit = json.loads(fit_path.read_text())
-            except ValueError as e:
-                raise FitInputError(f"{fit_path}: malformed JSON ({e}); delete it to refit") from None
-        else:
-            log(f"{fit_path} not found: fitting {report_dir} first")
-            fit, _ = run_fit(report_dir, report_dir, require_ok=False, **(fit_kwargs or {}))
-    report_dir.mkdir(parents=True, exist_ok=True)
-    curves = _curves_for(fit)
-    plots = {}
-    for name, fn in PLOTS.items():
-        target = report_dir / name
-        try:
-            plots[name] = fn(fit, target, curves) if name == "loss_vs_compute.png" else fn(fit, target)
-        except Exception as e:  # one broken plot never loses the report
-            plots[name] = f"plot failed: {e.__class__.__name__}: {e}"
+        raise FitInputError(f"{why}; fit first with `python -m sweeps.fit {report_dir}`")
+    plots = save_plots(fit, report_dir, _curves_for(fit))
     blocks = build_document(fit, plots)
-    md = _write_text(report_dir / "report.md", render_markdown(blocks))
-    ht = _write_text(report_dir / "report.html", render_html(blocks, report_dir))
-    out = {"fit_json": str(fit_path) if fit_path.is_file() else None, "report_md": md, "report_html": ht,
+    out = {"fit_json": str(report_dir / FIT_JSON),
+           "report_md": str(atomic_write_text(report_dir / "report.md", render_markdown(blocks))),
+           "report_html": str(atomic_write_text(report_dir / "report.html", render_html(blocks, report_dir))),
            "plots": plots}
-    if wandb or wandb_report:
+    if wandb_enabled or wandb_report:
         from . import wandb_report as wr
 
-        out["wandb"] = wr.publish(fit, plots, report_dir, log_run=wandb, build_report=wandb_report, log=log,
-                                  **{k: v for k, v in (wandb_options or {}).items() if v})
+        out["wandb"] = wr.publish(fit, plots, report_dir, log_run=wandb_enabled, build_report=wandb_report,
+                                  log=log or _log.info, **{k: v for k, v in (wandb_options or {}).items() if v})
     return out
 
 
-_FIT_KWARGS = {"params", "flops", "loss_key", "sweep", "bootstrap", "seed", "predict", "approaches", "grid",
-               "huber_delta", "c_tol", "window", "drop_highest", "n_col", "d_col", "loss_col", "c_col", "budget_col"}
+_FIT_KWARGS = set(LOAD_KEYS) | {"bootstrap", "seed", "predict", "approaches", "grid", "huber_delta", "c_tol",
+                                "window", "drop_highest", "approach1_points", "interval", "holdout_law",
+                                "holdout_grid"}
 
 
-def run_analysis(sweep_dir, out_dir=None, *, wandb=True, wandb_enabled=None, wandb_report=False, wandb_group=None,
-                 wandb_project=None, wandb_entity=None, log=print, **fit_kwargs):
+def run_analysis(sweep_dir, out_dir=None, *, wandb_enabled=False, wandb_report=False, wandb_group=None,
+                 wandb_project=None, wandb_entity=None, holdout="largest", log=None, **fit_kwargs):
     """collect -> fit -> report, for the end-of-sweep callback. Never raises.
 
-    wandb / wandb_enabled: log the summary run (mode chosen as in sweeps.wandb_report);
-    wandb_group/project/entity: where it goes (default: the runs' group, $WANDB_PROJECT or "scalelab").
-    fit_kwargs go to sweeps.fit.run_fit (params, flops, bootstrap, grid, predict, ...); unknown
-    keywords are reported and ignored.  Returns {"ok": bool, "fit_json", "report_md", "report_html",
-    "plots", "wandb", "errors": [...]}; "ok" is False when no law could be fitted (the report still
-    lists every run and why it was excluded).
+    holdout: a rule (sweeps.holdout) or "largest" (default: fit on the smaller budgets and predict the
+    largest; skipped with the reason when there are fewer than 3 budgets) or None.
+    wandb_enabled: log the summary run (opt-in; the training side's logger=wandb); wandb_report: also build a
+    Report; wandb_group/project/entity: where it goes.  fit_kwargs go to sweeps.fit.run_fit (params, flops,
+    bootstrap, grid, predict, ...); unknown keywords are reported and ignored.  Returns {"ok", "status",
+    "fit_json", "report_md", "report_html", "plots", "wandb", "errors": [...]}; "ok" is True only when the
+    fit's status is "ok" (the report still lists every run and why it was excluded).
     """
-    status = {"ok": False, "fit_json": None, "report_md": None, "report_html": None, "plots": {}, "errors": []}
+    say = log or _log.info
+    status = {"ok": False, "status": "failed", "fit_json": None, "report_md": None, "report_html": None,
+              "plots": {}, "errors": []}
     unknown = sorted(set(fit_kwargs) - _FIT_KWARGS)
     if unknown:
         status["errors"].append(f"ignored unknown options: {', '.join(unknown)}")
         fit_kwargs = {k: v for k, v in fit_kwargs.items() if k in _FIT_KWARGS}
-    if wandb_enabled is not None:
-        wandb = bool(wandb_enabled)
     out = Path(out_dir or sweep_dir)
     fit = None
     try:
-        fit, path = run_fit(sweep_dir, out, require_ok=False, **fit_kwargs)
-        status["fit_json"] = str(path)
-        status["ok"] = bool(fit.get("ok"))
-        if not fit.get("ok"):
-            status["errors"].append(fit.get("problem", "no approach could be fitted"))
+        fit, path = run_fit(sweep_dir, out, require_ok=False, holdout_rule=holdout, **fit_kwargs)
+        status.update(fit_json=str(path), status=fit.status, ok=fit.ok)
+        if not fit.ok:
+            status["errors"].append(f"{fit.status.replace('_', ' ')}: {fit.problem or 'no approach could be fitted'}")
     except Exception as e:
         status["errors"].append(f"fit: {e.__class__.__name__}: {e}")
         status["traceback"] = traceback.format_exc()
     if fit is not None:
         try:
-            status.update(make_report(out, fit=fit, wandb=wandb, wandb_report=wandb_report, log=log,
+            status.update(make_report(out, wandb_enabled=wandb_enabled, wandb_report=wandb_report, log=say,
                                       wandb_options={"group": wandb_group, "project": wandb_project,
                                                      "entity": wandb_entity}))
         except Exception as e:
             status["errors"].append(f"report: {e.__class__.__name__}: {e}")
             status["traceback"] = traceback.format_exc()
     try:
-        log(f"scaling-law analysis of {sweep_dir}: " + ("ok" if status["ok"] else "; ".join(status["errors"]))
-            + (f" -> {status['report_md']}" if status.get("report_md") else ""))
+        head = f"scaling-law analysis of {sweep_dir}: {status['status'].replace('_', ' ')}"
+        if status["errors"]:
+            head += " (" + "; ".join(status["errors"]) + ")"
+        say(head + (f" -> {status['report_md']}" if status.get("report_md") else ""))
+        if fit is not None and fit.holdout is not None:
+            say(holdout_line(fit.holdout))
     except Exception:
         pass
     return status
@@ -338,21 +383,24 @@ def main(argv=None):
     p.add_argument("--grid", choices=["epoch", "coarse"], default="epoch", help="approach-3 grid when fitting")
     p.add_argument("--params", choices=["total", "non_embedding"], default="total")
     p.add_argument("--flops", choices=["exact", "6n", "no_attention"], default="exact")
-    p.add_argument("--no-wandb", action="store_true", help="do not log the summary run to wandb")
+    p.add_argument("--holdout", default=None, metavar="RULE",
+                   help="when fitting: hold out RULE's points and predict them (e.g. 'largest', 'N>1e9')")
+    p.add_argument("--wandb", action="store_true", help="log the summary run to wandb (opt-in)")
+    p.add_argument("--no-wandb", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old scripts
     p.add_argument("--wandb-report", action="store_true",
                    help="also build a wandb Report (needs a logged-in user and the wandb-workspaces package)")
     args = p.parse_args(argv)
+    setup(console=True)
     d = Path(args.dir)
     if not d.is_dir():
         print(f"sweeps.report: error: {d}: not a folder", file=sys.stderr)
         return 2
-    fit_kwargs = {"bootstrap": args.bootstrap, "grid": args.grid, "params": args.params, "flops": args.flops}
     try:
-        fit = None
-        if args.refit or not (d / "fit.json").is_file():
-            fit, _ = run_fit(d, d, require_ok=False, **fit_kwargs)
-        out = make_report(d, fit=fit, wandb=not args.no_wandb, wandb_report=args.wandb_report,
-                          fit_kwargs=fit_kwargs)
+        if args.refit or not (d / FIT_JSON).is_file():
+            run_fit(d, d, bootstrap=args.bootstrap, grid=args.grid, params=args.params, flops=args.flops,
+                    holdout_rule=args.holdout)
+        out = make_report(d, wandb_enabled=args.wandb and not args.no_wandb, wandb_report=args.wandb_report,
+                          log=print)
     except FitInputError as e:
         print(f"sweeps.report: error: {e}", file=sys.stderr)
         return 2

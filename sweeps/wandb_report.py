@@ -1,7 +1,8 @@
 """Publish a fit to Weights & Biases: a summary run and, on request, a wandb Report.
 
-The summary run (job_type "analysis", in the sweep's group) carries the fit tables (wandb.Table)
-and the plots (wandb.Image).  Mode: WANDB_MODE when set, else online when an API key is configured
+Opt-in: sweeps.report logs nothing to wandb unless asked (``--wandb``, or the training side's logger=wandb for
+the end-of-sweep analysis).  The summary run (job_type "analysis", in the sweep's group) carries the fit tables
+(wandb.Table) and the plots (wandb.Image).  Mode: WANDB_MODE when set, else online when an API key is configured
 (WANDB_API_KEY or a netrc entry for the wandb host), else offline (sync later with `wandb sync`).
 The Report (``--wandb-report``) is built with the wandb-workspaces API, imported lazily; it needs
 an online, logged-in user.  Nothing here ever raises: a wandb problem is printed and returned, and
@@ -31,48 +32,51 @@ def _reinit(wandb):
 
 
 def _group(fit, report_dir):
-    groups = Counter(r.get("group") for r in fit.get("runs", []) if r.get("group"))
+    groups = Counter(r.get("group") for r in fit.runs if r.get("group"))
     if groups:
         return str(groups.most_common(1)[0][0])
-    return Path(fit.get("input") or report_dir).name
+    return Path(fit.input or report_dir).name
+
+
+def _pair(ci):
+    return list(ci) if ci else [None, None]
 
 
 def _tables(wandb, fit):
-    """wandb.Table objects for the fit."""
+    """wandb.Table objects for the fit (a sweeps.results.FitResult)."""
     t = {}
     rows = []
-    for key in ("approach1", "approach2", "approach3"):
-        r = fit.get(key) or {}
-        if "a" not in r:
-            rows.append([key, None, None, None, None, None, None, str(r.get("skipped", ""))])
-            continue
-        aci = (r.get("ci") or {}).get("a") if key == "approach3" else r.get("a_ci")
-        bci = (r.get("ci") or {}).get("b") if key == "approach3" else r.get("b_ci")
-        rows.append([key, r["a"], *(aci or [None, None]), r["b"], *(bci or [None, None]), ""])
-    t["fit/allocation"] = wandb.Table(columns=["approach", "a", "a_lo", "a_hi", "b", "b_lo", "b_hi", "skipped"],
-                                      data=rows)
-    r3 = fit.get("approach3") or {}
-    if "alpha" in r3:
-        ci = r3.get("ci") or {}
+    for key, r in fit.approaches():
+        rows.append([key, r.status, r.a, *_pair(r.ci.get("a")), r.b, *_pair(r.ci.get("b")), r.reason or ""])
+    t["fit/allocation"] = wandb.Table(columns=["approach", "status", "a", "a_lo", "a_hi", "b", "b_lo", "b_hi",
+                                               "reason"], data=rows)
+    r3 = fit.approach3
+    if r3.law is not None:
         t["fit/approach3"] = wandb.Table(
             columns=["parameter", "estimate", "ci_lo", "ci_hi"],
-            data=[[k, r3[k], *(ci.get(k) or [None, None])] for k in ("E", "A", "B", "alpha", "beta", "a", "b", "G")])
+            data=[[k, getattr(r3, k), *_pair(r3.ci.get(k))] for k in ("E", "A", "B", "alpha", "beta", "a", "b")])
         t["fit/predictions"] = wandb.Table(
-            columns=["C", "N_opt", "D_opt", "tokens_per_param", "loss"],
-            data=[[p["C"], p["N_opt"], p["D_opt"], p["tokens_per_param"], p["loss"]] for p in r3.get("predictions", [])])
-    r2 = fit.get("approach2") or {}
-    if r2.get("budgets"):
+            columns=["C", "N_opt", "D_opt", "tokens_per_param", "loss", "extrapolation"],
+            data=[[p.C, p.N_opt, p.D_opt, p.tokens_per_param, p.loss, p.extrapolation or ""] for p in r3.predictions])
+    r2 = fit.approach2
+    if r2.budgets:
         t["fit/isoflop_points"] = wandb.Table(
-            columns=["C", "N", "loss"], data=[[b["C"], n, l] for b in r2["budgets"] for n, l in zip(b["N"], b["loss"])])
+            columns=["C", "N", "loss"], data=[[b.C, n, l] for b in r2.budgets for n, l in zip(b.N, b.loss)])
         t["fit/budgets"] = wandb.Table(
             columns=["C", "N_opt", "D_opt", "loss_opt", "excluded"],
-            data=[[b["C"], b.get("N_opt"), b.get("D_opt"), b.get("loss_opt"), b.get("excluded", "")] for b in r2["budgets"]])
+            data=[[b.C, b.N_opt, b.D_opt, b.loss_opt, b.excluded or ""] for b in r2.budgets])
+    h = fit.holdout
+    if h is not None and h.points:
+        t["fit/holdout"] = wandb.Table(
+            columns=["name", "N", "D", "C", "loss", "predicted", "rel_error", "lo", "hi", "inside"],
+            data=[[p.name, p.N, p.D, p.C, p.loss, p.predicted, p.rel_error, *_pair(p.interval), p.inside]
+                  for p in h.points])
     cols = ["name", "status", "reason", "N", "D", "C", "loss", "tokens_per_s", "wall_s"]
-    if fit.get("runs"):
+    if fit.runs:
         t["runs"] = wandb.Table(columns=cols, data=[[r.get("name"), str(r.get("status")),
                                                      str(r.get("reason") or r.get("excluded_reason") or ""),
                                                      r.get("N"), r.get("D"), r.get("C"), r.get("loss"),
-                                                     r.get("tokens_per_s"), r.get("wall_s")] for r in fit["runs"]])
+                                                     r.get("tokens_per_s"), r.get("wall_s")] for r in fit.runs])
     return t
 
 
@@ -87,22 +91,25 @@ def log_summary_run(fit, plots, report_dir, *, project=None, entity=None, group=
         run = wandb.init(project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
                          entity=entity or os.environ.get("WANDB_ENTITY"), group=group, job_type="analysis",
                          name=f"analysis-{group}", dir=str(report_dir), mode=mode, reinit=_reinit(wandb),
-                         config={k: fit.get(k) for k in ("input", "params_convention", "flops_convention",
-                                                           "settings", "n_points", "n_excluded")})
+                         config={k: getattr(fit, k) for k in ("input", "params_convention", "flops_convention",
+                                                              "settings", "n_points", "n_excluded", "status")})
         payload = dict(_tables(wandb, fit))
         for name, path in plots.items():
             if str(path).endswith(".png") and Path(path).is_file():
                 payload[f"plots/{Path(name).stem}"] = wandb.Image(str(path))
         run.log(payload)
-        for key in ("approach1", "approach2", "approach3"):
-            r = fit.get(key) or {}
-            if "a" in r:
-                run.summary[f"{key}/a"] = r["a"]
-                run.summary[f"{key}/b"] = r["b"]
-        r3 = fit.get("approach3") or {}
-        for k in ("E", "A", "B", "alpha", "beta"):
-            if k in r3:
-                run.summary[f"approach3/{k}"] = r3[k]
+        run.summary["fit/status"] = fit.status
+        for key, r in fit.approaches():
+            run.summary[f"{key}/status"] = r.status
+            if r.fitted:
+                run.summary[f"{key}/a"] = r.a
+                run.summary[f"{key}/b"] = r.b
+        if fit.approach3.law is not None:
+            for k, v in fit.approach3.law.items():
+                run.summary[f"approach3/{k}"] = v
+        if fit.holdout is not None and fit.holdout.max_abs_rel_error is not None:
+            run.summary["holdout/max_abs_rel_error"] = fit.holdout.max_abs_rel_error
+            run.summary["holdout/coverage"] = fit.holdout.coverage
         out["url"] = getattr(run, "url", None) if mode == "online" else None
         out["entity"] = getattr(run, "entity", None)
         out["project"] = getattr(run, "project", None)
@@ -141,15 +148,14 @@ def create_report(fit, *, project=None, entity=None, group=None, mode="auto", lo
         project = project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT
         entity = entity or os.environ.get("WANDB_ENTITY") or wandb.Api().default_entity
         group = group or _group(fit, ".")
-        r3 = fit.get("approach3") or {}
-        r2 = fit.get("approach2") or {}
-        lines = [f"Conventions: N = {fit.get('params_convention')}, C = {fit.get('flops_convention')} "
-                 f"({fit.get('flops_convention_description')})."]
-        if "a" in r3:
-            lines.append(f"Approach 3: a = {r3['a']:.3f}, b = {r3['b']:.3f}; E = {r3['E']:.4g}, A = {r3['A']:.4g}, "
-                         f"B = {r3['B']:.4g}, alpha = {r3['alpha']:.4f}, beta = {r3['beta']:.4f}.")
-        if "a" in r2:
-            lines.append(f"Approach 2: a = {r2['a']:.3f}, b = {r2['b']:.3f}.")
+        r3, r2 = fit.approach3, fit.approach2
+        lines = [f"Conventions: N = {fit.params_convention}, C = {fit.flops_convention} "
+                 f"({fit.flops_convention_description}). Fit status: {fit.status}."]
+        if r3.fitted:
+            lines.append(f"Approach 3 ({r3.status}): a = {r3.a:.3f}, b = {r3.b:.3f}; E = {r3.E:.4g}, A = {r3.A:.4g}, "
+                         f"B = {r3.B:.4g}, alpha = {r3.alpha:.4f}, beta = {r3.beta:.4f}.")
+        if r2.fitted:
+            lines.append(f"Approach 2 ({r2.status}): a = {r2.a:.3f}, b = {r2.b:.3f}.")
         runset = wr.Runset(entity=entity, project=project, name=f"sweep {group}",
                            filters=f'Metric("Group") == "{group}"', groupby=[BUDGET_KEY])
         panels = [

@@ -1,5 +1,4 @@
 """Reports: plots, report.md/html, run_analysis for the end-of-sweep callback, the wandb paths (no network)."""
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,10 @@ import pytest
 from tests.sweep_factory import make_shape_sweep, make_sweep, make_tokens_sweep, write_run
 from sweeps import run_analysis
 from sweeps import wandb_report
+from sweeps.collect import collect
+from sweeps.fit import run_fit
 from sweeps.plots import PLOTS
+from sweeps.results import Approach3Result, FitResult, fmt_ci, load_fit
 from train.io_utils import wandb_mode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +36,13 @@ def test_report_on_fabricated_sweep(tmp_path):
     make_sweep(tmp_path, noise=0.002)
     make_shape_sweep(tmp_path)
     make_tokens_sweep(tmp_path)
-    r = run_module("sweeps.report", tmp_path, *FAST, "--no-wandb")
+    r = run_module("sweeps.report", tmp_path, *FAST)
     assert r.returncode == 0, r.stderr
     for name in PLOTS:
         assert_png(tmp_path / name)
-    fit = json.loads((tmp_path / "fit.json").read_text())
-    assert fit["n_points"] == 21  # the chinchilla runs; shape and tokens runs are plotted, not fitted
-    a3, a2 = f"{fit['approach3']['a']:.3f}", f"{fit['approach2']['a']:.3f}"
+    fit, _ = load_fit(tmp_path)
+    assert fit.n_points == 21  # the chinchilla runs; shape and tokens runs are plotted, not fitted
+    a3, a2 = f"{fit.approach3.a:.3f}", f"{fit.approach2.a:.3f}"
     md = (tmp_path / "report.md").read_text()
     page = (tmp_path / "report.html").read_text()
     for text in (md, page):
@@ -49,10 +51,13 @@ def test_report_on_fabricated_sweep(tmp_path):
         assert "exact" in text and "total" in text and "attention" in text
         assert "bad_failed" in text and "CUDA out of memory" in text  # runs table with reasons
         assert "no summary.json" in text  # the killed run, excluded with its reason
+        assert "Status: OK" in text and "meta-regression" in text and "parametric bootstrap" in text
+        assert "window sensitivity" in text and "extrapolation" in text
     for name in PLOTS:
         assert f"]({name})" in md
     assert page.count("data:image/png;base64,") == len(PLOTS)
     assert "<img" in page and "src='isoflop.png'" not in page  # self-contained
+    assert not (tmp_path / "wandb").exists()  # wandb is opt-in
 
 
 def test_report_reads_existing_fit_and_notes_missing_plots(tmp_path):
@@ -60,46 +65,143 @@ def test_report_reads_existing_fit_and_notes_missing_plots(tmp_path):
     make_sweep(sweep, curves=False, bad_runs=False)
     r = run_module("sweeps.fit", sweep, "--out", out, *FAST)
     assert r.returncode == 0, r.stderr
-    r = run_module("sweeps.report", out, "--no-wandb")
+    r = run_module("sweeps.report", out)
     assert r.returncode == 0, r.stderr
     assert "shape.png left out" in r.stdout
     md = (out / "report.md").read_text()
     assert "shape.png: no runs of the shape sweep" in md and "tokens.png: no runs of the tokens sweep" in md
-    assert "skipped: no training curves" in md  # approach 1 without metrics.jsonl
+    assert "each run's final (annealed) loss" in md  # approach 1 needs no curves
     for name in ("isoflop.png", "frontier.png", "loss_vs_compute.png", "residuals.png"):
         assert_png(out / name)
     assert not (out / "shape.png").exists()
 
 
-def test_report_cli_bad_dir():
+def test_report_follows_the_fit(tmp_path):
+    """One source of truth: sweeps.fit rewriting fit.json rebuilds the report beside it (it used to leave the
+    report and the plots showing the old fit)."""
+    make_sweep(tmp_path, noise=0.002, bad_runs=False)
+    r = run_module("sweeps.report", tmp_path, *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "**total**" in (tmp_path / "report.md").read_text()
+    r = run_module("sweeps.fit", tmp_path, *FAST, "--params", "non_embedding")
+    assert r.returncode == 0, r.stderr
+    assert "rebuilt the report" in r.stdout
+    md = (tmp_path / "report.md").read_text()
+    fit, _ = load_fit(tmp_path)
+    assert "**non_embedding**" in md and f"{fit.approach3.a:.3f}" in md and fit.created in md
+
+
+def test_report_cli_bad_dir_and_empty_folder(tmp_path):
     r = run_module("sweeps.report", "/nonexistent/sweep")
     assert r.returncode == 2 and "not a folder" in r.stderr and "Traceback" not in r.stderr
+    r = run_module("sweeps.report", tmp_path)
+    assert r.returncode == 2 and "too few usable points" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "fit.json").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_plots_are_readable_without_warnings(tmp_path):
+    """Every plot of a fabricated sweep (and of one whose law is not identified): at least two labelled ticks on
+    every axis, no overlapping tick labels, and no RuntimeWarning while drawing."""
+    import warnings
+
+    from sweeps.plots import BUILDERS, tick_label_problems
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    make_sweep(good, noise=0.002)
+    make_shape_sweep(good)
+    make_tokens_sweep(good)
+    make_sweep(bad, budgets=(1e15, 3e15, 1e16), shapes=[(32, 1), (48, 1), (64, 2), (96, 2)], bad_runs=False,
+               noise=0.002)
+    for folder in (good, bad):
+        run_fit(folder, folder, bootstrap=50, grid="coarse", require_ok=False)
+        fit, _ = load_fit(folder)
+        curves = collect(folder).curves
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            for name, build in BUILDERS.items():
+                fig = build(fit, curves)
+                if isinstance(fig, str):
+                    assert folder == bad or name not in ("isoflop.png", "frontier.png", "loss_vs_compute.png",
+                                                         "residuals.png", "shape.png", "tokens.png"), (name, fig)
+                    continue
+                assert tick_label_problems(fig) == [], (folder.name, name)
+                labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+                if fit.approach1.status == "skipped":
+                    assert not any("approach 1" in t for t in labels), (name, labels)
+
+
+def test_tick_label_check_catches_unlabelled_axes():
+    """The check itself can fail: a log axis over half a decade with matplotlib's default ticks has no label."""
+    from sweeps.plots import _figure, tick_label_problems
+
+    fig, (ax,) = _figure()
+    ax.plot([2e4, 6e4], [1.0, 2.0])
+    ax.set_xscale("log")
+    ax.set_xlim(2e4, 6e4)
+    assert any("x ticks" in p for p in tick_label_problems(fig))
+
+
+def test_intervals_print_readably():
+    assert fmt_ci([0.0, 1325704136374537728.0]) == "[0, 1.33e+18]"
+    assert fmt_ci([0.4912, 0.5051]) == "[0.491, 0.505]"
+    assert fmt_ci(None) == "-"
 
 
 def test_run_analysis_as_the_callback_calls_it(tmp_path):
+    """The end-of-sweep analysis holds out the largest budget, predicts it from the others, and says how
+    well in the report."""
     make_sweep(tmp_path, noise=0.002)
     msgs = []
-    st = run_analysis(tmp_path, wandb_group="test-sweep", wandb_enabled=True, bootstrap=20, grid="coarse",
+    st = run_analysis(tmp_path, wandb_group="test-sweep", wandb_enabled=True, bootstrap=50, grid="coarse",
                       log=msgs.append)
     assert st["ok"], st["errors"]
     assert Path(st["fit_json"]).is_file() and Path(st["report_html"]).is_file()
     assert st["wandb"]["run"]["mode"] == "disabled" and "error" not in st["wandb"]["run"]
     assert st["wandb"]["run"]["group"] == "test-sweep"
-    assert any("scaling-law analysis" in m for m in msgs)
+    assert any("scaling-law analysis" in m and ": ok" in m for m in msgs)
+    assert any(m.startswith("holdout C>") for m in msgs)
+    fit, _ = load_fit(tmp_path)
+    h = fit.holdout
+    assert h.status == "ok" and h.n_heldout == 7 and h.n_train == 14
+    assert h.max_abs_rel_error < 0.015 and all(p.interval for p in h.points)
+    md = (tmp_path / "report.md").read_text()
+    assert "Fit on the smaller budgets, predicted the largest: error" in md
+
+
+def test_run_analysis_wandb_is_opt_in(tmp_path, monkeypatch):
+    make_sweep(tmp_path, noise=0.002, bad_runs=False)
+
+    def boom(*a, **k):
+        raise AssertionError("wandb used without being asked")
+
+    monkeypatch.setattr(wandb_report, "publish", boom)
+    st = run_analysis(tmp_path, bootstrap=20, grid="coarse", holdout=None, log=lambda m: None)
+    assert st["ok"] and "wandb" not in st
 
 
 def test_run_analysis_never_raises(tmp_path):
-    st = run_analysis(tmp_path / "missing", wandb=False, log=lambda m: None)
+    st = run_analysis(tmp_path / "missing", log=lambda m: None)
     assert not st["ok"] and "no such file" in st["errors"][0]
     for i in range(3):
         write_run(tmp_path, f"r{i}", {"status": "diverged", "reason": "loss NaN", "name": f"r{i}"})
-    st = run_analysis(tmp_path, wandb=False, bogus_option=1, log=lambda m: None)
-    assert not st["ok"]
+    st = run_analysis(tmp_path, bogus_option=1, log=lambda m: None)
+    assert not st["ok"] and st["status"] == "failed"
     assert any("bogus_option" in e for e in st["errors"])
-    fit = json.loads((tmp_path / "fit.json").read_text())
-    assert fit["ok"] is False and "no approach could be fitted" in fit["problem"]
+    fit, _ = load_fit(tmp_path)
+    assert fit.status == "failed" and "no approach could be fitted" in fit.problem
     md = (tmp_path / "report.md").read_text()
-    assert "No law could be fitted" in md and "loss NaN" in md
+    assert "Status: FAILED" in md and "loss NaN" in md
+
+
+def test_unidentified_fit_is_said_so_everywhere(tmp_path):
+    make_sweep(tmp_path, budgets=(1e15, 3e15, 1e16), shapes=[(32, 1), (48, 1), (64, 2), (96, 2)], bad_runs=False,
+               noise=0.002)
+    msgs = []
+    st = run_analysis(tmp_path, bootstrap=30, grid="coarse", log=msgs.append)
+    assert not st["ok"] and st["status"] != "ok"
+    assert not any(": ok" in m for m in msgs)
+    md = (tmp_path / "report.md").read_text()
+    assert "Status: OK" not in md and "not identified" in md.lower()
 
 
 def test_wandb_summary_run_disabled_mode(tmp_path):
@@ -107,7 +209,7 @@ def test_wandb_summary_run_disabled_mode(tmp_path):
     make_sweep(tmp_path, curves=False, bad_runs=False)
     r = run_module("sweeps.fit", tmp_path, *FAST)
     assert r.returncode == 0, r.stderr
-    fit = json.loads((tmp_path / "fit.json").read_text())
+    fit, _ = load_fit(tmp_path)
     msgs = []
     out = wandb_report.publish(fit, {"isoflop.png": "not made"}, tmp_path, log_run=True, log=msgs.append)
     assert out["run"]["mode"] == "disabled" and "error" not in out["run"], out
@@ -116,12 +218,12 @@ def test_wandb_summary_run_disabled_mode(tmp_path):
 def test_wandb_report_offline_says_why_and_exits_0(tmp_path):
     make_sweep(tmp_path, curves=False, bad_runs=False)
     env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc")}
-    r = run_module("sweeps.report", tmp_path, *FAST, "--no-wandb", "--wandb-report", env=env)
+    r = run_module("sweeps.report", tmp_path, *FAST, "--wandb-report", env=env)
     assert r.returncode == 0, r.stderr
     assert "wandb Report not created" in r.stdout and "no API key configured" in r.stdout
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
     assert_png(tmp_path / "frontier.png")
-    r = run_module("sweeps.report", tmp_path, "--no-wandb", "--wandb-report", env={"WANDB_MODE": "offline"})
+    r = run_module("sweeps.report", tmp_path, "--wandb-report", env={"WANDB_MODE": "offline"})
     assert r.returncode == 0 and "WANDB_MODE=offline" in r.stdout
 
 
@@ -131,7 +233,7 @@ def test_wandb_report_without_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb_workspaces.reports", None)
     monkeypatch.setitem(sys.modules, "wandb_workspaces.reports.v2", None)
     msgs = []
-    out = wandb_report.create_report({"runs": []}, group="g", log=msgs.append)
+    out = wandb_report.create_report(FitResult(), group="g", log=msgs.append)
     assert "wandb-workspaces package is not installed" in out["skipped"] and msgs
 
 
@@ -172,9 +274,9 @@ def test_wandb_report_structure_with_a_fake_api(monkeypatch):
                       ("wandb_workspaces.reports.v2", v2)):
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(wandb_report, "wandb_mode", lambda mode="auto": ("online", "pretend"))
-    fit = {"params_convention": "total", "flops_convention": "exact", "flops_convention_description": "x",
-           "approach3": {"a": 0.5, "b": 0.5, "E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37},
-           "runs": [{"group": "chinchilla-cpu"}]}
+    fit = FitResult(params_convention="total", flops_convention="exact", flops_convention_description="x",
+                    approach3=Approach3Result(status="ok", a=0.5, b=0.5, E=1.8, A=400.0, B=2000.0, alpha=0.34,
+                                              beta=0.37), runs=[{"group": "chinchilla-cpu"}])
     out = wandb_report.create_report(fit, project="p", entity="e", log=lambda m: None)
     assert out == {"url": "https://example.invalid/report"}
     by = {type(m).__name__: m for m in made}
