@@ -215,7 +215,7 @@ def _approach_row(label, r):
             lines.append(f"{'':<20}interval: {iv.replicates} replicates, {iv.valid} valid ({iv.valid_fraction:.0%}), "
                          f"{fmt(iv.seconds, '.1f')} s")
         elif label == "2":
-            lines.append(f"{'':<20}interval: t across budgets ({r.lines['N']['df']} degrees of freedom)")
+            lines.append(f"{'':<20}interval: meta-regression across budgets ({r.lines['N']['df']} degrees of freedom)")
     if r.status in ("indicative", "not_identified") and r.reason and not (iv and iv.withheld == r.reason):
         lines.append(f"{'':<20}{r.status.replace('_', ' ')}: {r.reason}")
     for w in r.warnings:

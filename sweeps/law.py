@@ -237,9 +237,9 @@ class FlopsRelation:
     """FLOPs per token as a function of N under the fit's FLOP convention, read off the fitted points.
 
     When C / (N D) is the same for every point (C = 6ND data, or the 6n convention) the relation is one
-    constant k.  Otherwise (the exact count: embeddings, the output head and attention make fpt / N vary
-    from shape to shape at small scale) k(N) = fpt / N is interpolated in log N between the sampled
-    shapes and held at its end values outside them.
+    constant k.  Otherwise (the exact count: embeddings, the output head and attention make k = fpt / N vary
+    from shape to shape at small scale) ln k is fitted as a straight line in ln N over the sampled shapes (one
+    shape family: a smooth trend, so the frontier has no kinks) and held at its end values beyond them.
     """
 
     def __init__(self, N, D, C=None):
@@ -248,28 +248,30 @@ class FlopsRelation:
         self.k_min, self.k_max = float(np.min(ratio)), float(np.max(ratio))
         self.k = float(np.median(ratio))
         self.constant = self.k_max / self.k_min < 1.001
-        lN = np.log(N)
-        order = np.argsort(lN)
-        ulN, inv = np.unique(lN[order], return_inverse=True)
-        self._lN = ulN
-        self._lk = np.array([np.mean(np.log(ratio[order][inv == i])) for i in range(len(ulN))])
+        lN, lk = np.log(N), np.log(ratio)
+        self._range = (float(lN.min()), float(lN.max()))
+        if not self.constant and lN.max() > lN.min():
+            self._line = np.polyfit(lN, lk, 1)
+        else:
+            self._line = np.array([0.0, float(np.log(self.k))])
         if C is None:
             self.description = "C = 6 N D (no compute given)"
         elif self.constant:
             self.description = f"C = k N D with k = {self.k:.4g} for every point"
         else:
-            self.description = (f"C = FLOPs/token(N) x D, FLOPs/token interpolated between the sampled shapes "
-                                f"(C/(N D) ranges {self.k_min:.3g}-{self.k_max:.3g}), held at its end values "
-                                "beyond them")
+            self.description = (f"C = FLOPs/token(N) x D: FLOPs/token per parameter ({self.k_min:.3g}-{self.k_max:.3g} "
+                                f"over the points) fitted as k = {np.exp(self._line[1]):.3g} N^{self._line[0]:.3f} "
+                                "across the sampled shapes, held at its end values beyond them")
 
     def k_of(self, lN):
         if self.constant:
             return np.full(np.shape(lN), self.k)
-        return np.exp(np.interp(lN, self._lN, self._lk))
+        return np.exp(np.polyval(self._line, np.clip(lN, *self._range)))
 
     def to_dict(self):
         return {"kind": "constant" if self.constant else "per-size", "k": self.k, "k_min": self.k_min,
-                "k_max": self.k_max, "description": self.description}
+                "k_max": self.k_max, "k_vs_N": None if self.constant else [float(v) for v in self._line],
+                "description": self.description}
 
 
 def frontier(law, C, rel):

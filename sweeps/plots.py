@@ -247,7 +247,8 @@ def build_loss_vs_compute(fit, curves=None):
         N_, D_ = frontier(r3.law, C, _relation(fit))
         ax.plot(C, predict_loss(r3.law, N_, D_), color="C0", lw=1.5, ls="--",
                 label=f"approach 3 ({r3.status}): loss on its frontier")
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="N")
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="N")
+    _log_axis(cb.ax, "y")
     _log_axis(ax, "x")
     ax.set_xlabel(f"C (FLOPs, {fit.flops_convention})")
     ax.set_ylabel("validation loss")

@@ -89,7 +89,8 @@ def make_sweep(root, *, budgets=(3e13, 1e14, 3e14), shapes=None, law=LAW, noise=
                                   "tokens_per_s": 1e4, "mfu": 0.1})
                     vl = float(law_loss(N, t, law))
                     lines.append({"step": k * 10, "tokens": float(t), "flops": float(t * fpt),
-                                  "val_loss": vl if k < len(steps) else loss, "val_bpb": vl / np.log(2) / 4})
+                                  "val_loss": vl if k < len(steps) else loss, "val_bpb": vl / np.log(2) / 4,
+                                  "val_full": True})
             summary = {
                 "status": "completed", "reason": None, "name": name, "sweep": sweep, "group": "test-sweep",
                 "model": {"width": w, "depth": depth, "heads": max(1, w // 32), "vocab_size": VOCAB,

@@ -285,3 +285,16 @@ def test_wandb_report_structure_with_a_fake_api(monkeypatch):
     assert by["LinePlot"].kwargs["x"] == "flops" and by["LinePlot"].kwargs["y"] == ["val_loss"]
     assert by["ScatterPlot"].kwargs["y"] == "final_val_loss"
     assert getattr(by["Report"], "saved", False) and by["Report"].kwargs["project"] == "p"
+
+
+def test_bench_sweep_reads_the_fit_through_the_loaders(tmp_path):
+    """bench/sweep.py's outcome: run statuses through train.record's loader, exponents through sweeps.results'."""
+    from bench.sweep import sweep_outcome
+
+    make_sweep(tmp_path, noise=0.002)
+    run_fit(tmp_path, tmp_path, bootstrap=30, grid="coarse")
+    fit, _ = load_fit(tmp_path)
+    out = sweep_outcome(tmp_path)
+    assert out["statuses"] == {"completed": 21, "failed": 1, "diverged": 1, "skipped": 1, "unreadable": 2}
+    assert out["a_approach2"] == fit.approach2.a and out["a_approach3_ci"] == fit.approach3.ci["a"]
+    assert out["fit_status"] == "ok" and out["flops_convention"] == "exact"
