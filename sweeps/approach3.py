@@ -112,10 +112,10 @@ def _wide(ci):
         c = ci.get(k)
         if c and c[0] > 0 and c[1] / c[0] > 1e3:
             out.append(f"the interval of {k} spans {c[1] / c[0]:.1e}x ({c[0]:.3g} to {c[1]:.3g})")
-    for k in ("alpha", "beta"):
+    for k, var in (("alpha", "N"), ("beta", "D")):
         c = ci.get(k)
         if c and c[0] < 0.01:
-            out.append(f"the interval of {k} reaches {c[0]:.3g} (no decrease with {k == 'alpha' and 'N' or 'D'})")
+            out.append(f"the interval of {k} reaches {c[0]:.3g} (the loss need not fall with {var})")
     c = ci.get("a")
     if c and c[1] - c[0] > 0.5:
         out.append(f"the interval of a spans {c[0]:.2f}-{c[1]:.2f}")

@@ -277,10 +277,11 @@ def collect(sweep_dir, params="total", flops="exact", loss_key="final_val_loss",
 
 
 # -------------------------------------------------------------------------------------------- CSV
-def load_csv(path, n_col="N", d_col="D", loss_col="loss", c_col="C", budget_col=None):
+def load_csv(path, n_col="N", d_col="D", loss_col="loss", c_col="C", budget_col=None, where=()):
     """Read a CSV of runs.  D may be absent when C is given (then D = C / 6N), C may be absent (C = 6ND).
 
-    Rows with a non-numeric or non-positive value are excluded with their line number.
+    where: ("COLUMN=VALUE", ...) keeps only the rows matching every one (e.g. one training set of a file that
+    holds several).  Rows with a non-numeric or non-positive value are excluded with their line number.
     """
     path = Path(path)
     if not path.exists():
@@ -305,10 +306,20 @@ def load_csv(path, n_col="N", d_col="D", loss_col="loss", c_col="C", budget_col=
                             f"(columns: {shown}); map yours with --d-col / --c-col")
     if budget_col and budget_col not in have:
         raise FitInputError(f"{path}: no column {budget_col!r} (columns: {shown})")
+    filters = []
+    for w in where or ():
+        col, sep, value = str(w).partition("=")
+        if not sep or col not in have:
+            raise FitInputError(f"--where {w!r}: expected COLUMN=VALUE with COLUMN one of: {shown}")
+        filters.append((col, value))
 
     cols = {k: [] for k in ("N", "D", "C", "loss", "budget")}
     names, excluded = [], []
+    kept = 0
     for i, r in enumerate(rows, start=2):  # line 1 is the header
+        if any(r.get(col) != value for col, value in filters):
+            continue
+        kept += 1
         name = f"line{i}"
         N, L = _num(r.get(n_col)), _num(r.get(loss_col))
         D = _num(r.get(d_col)) if has_d else None
@@ -334,4 +345,6 @@ def load_csv(path, n_col="N", d_col="D", loss_col="loss", c_col="C", budget_col=
                    fpt=arr["C"] / arr["D"] if len(names) else arr["C"],
                    params_convention="as given", params_description=f"N from column {n_col!r}",
                    flops_convention="6n" if not has_c else "as given", flops_description=fdesc,
-                   excluded=excluded)
+                   excluded=excluded,
+                   notes=[f"rows where {' and '.join(f'{c}={v}' for c, v in filters)}: {kept} of {len(rows)}"]
+                   if filters else [])

@@ -44,14 +44,14 @@ EXTRAPOLATION_DECADES = 1.0
 
 
 def load_input(path, *, params="total", flops="exact", loss_key="final_val_loss", sweep="auto",
-               n_col="N", d_col="D", loss_col="loss", c_col="C", budget_col=None):
+               n_col="N", d_col="D", loss_col="loss", c_col="C", budget_col=None, where=()):
     """A Dataset from a sweep folder or a CSV file (raises FitInputError on unusable input)."""
     p = Path(path)
     if not p.exists():
         raise FitInputError(f"{p}: no such file or directory")
     if p.is_dir():
         return collect(p, params=params, flops=flops, loss_key=loss_key, sweep=sweep)
-    return load_csv(p, n_col=n_col, d_col=d_col, loss_col=loss_col, c_col=c_col, budget_col=budget_col)
+    return load_csv(p, n_col=n_col, d_col=d_col, loss_col=loss_col, c_col=c_col, budget_col=budget_col, where=where)
 
 
 def drop_highest_loss(ds, k):
@@ -161,7 +161,7 @@ def default_out_dir(input_path):
     return p if p.is_dir() else p.resolve().parent
 
 
-LOAD_KEYS = ("params", "flops", "loss_key", "sweep", "n_col", "d_col", "loss_col", "c_col", "budget_col")
+LOAD_KEYS = ("params", "flops", "loss_key", "sweep", "n_col", "d_col", "loss_col", "c_col", "budget_col", "where")
 
 
 def run_fit(input_path, out_dir=None, *, drop_highest=0, write=True, require_ok=True, **kw):
@@ -291,6 +291,8 @@ def build_parser():
     g.add_argument("--loss-col", default="loss")
     g.add_argument("--c-col", default="C")
     g.add_argument("--budget-col", default=None, help="column naming each point's IsoFLOP budget (optional)")
+    g.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="keep only the rows where COLUMN equals VALUE (repeatable)")
     g = p.add_argument_group("fitting")
     g.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                    help=f"bootstrap replicates of approach 3 and the holdout (default {DEFAULT_BOOTSTRAP})")
@@ -349,7 +351,7 @@ def main(argv=None):
         res, path = run_fit(args.input, args.out, drop_highest=args.drop_highest_loss, params=args.params,
                             flops=args.flops, loss_key=args.loss_key, sweep=args.sweep, n_col=args.n_col,
                             d_col=args.d_col, loss_col=args.loss_col, c_col=args.c_col,
-                            budget_col=args.budget_col, bootstrap=args.bootstrap, seed=args.seed,
+                            budget_col=args.budget_col, where=args.where, bootstrap=args.bootstrap, seed=args.seed,
                             predict=predict, approaches=approaches, c_tol=args.c_tol, window=args.window,
                             grid=args.grid, approach1_points=args.approach1_points, interval=args.interval,
                             holdout_rule=args.holdout, holdout_law=args.holdout_law, holdout_grid=args.holdout_grid)

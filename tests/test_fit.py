@@ -464,7 +464,7 @@ def test_cli_csv_with_column_flags(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "column", "few", "all_failed", "predict", "dir_empty", "holdout",
-                                  "approaches"])
+                                  "approaches", "where"])
 def test_cli_bad_input_exits_2(tmp_path, case):
     if case == "missing":
         args, expect = [tmp_path / "nope.csv"], "no such file"
@@ -484,6 +484,9 @@ def test_cli_bad_input_exits_2(tmp_path, case):
     elif case == "holdout":
         (tmp_path / "x.csv").write_text("N,D,loss\n1e6,2e7,3\n2e6,1e7,3.1\n3e6,1e7,3.1\n")
         args, expect = [tmp_path / "x.csv", "--holdout", "params above 1e9"], "VAR OP NUMBER"
+    elif case == "where":
+        (tmp_path / "x.csv").write_text("N,D,loss,set\n1e6,2e7,3,a\n")
+        args, expect = [tmp_path / "x.csv", "--where", "dataset=a"], "expected COLUMN=VALUE with COLUMN one of"
     elif case == "approaches":
         (tmp_path / "x.csv").write_text("N,D,loss\n1e6,2e7,3\n")
         args, expect = [tmp_path / "x.csv", "--approaches", "2,7"], "choose from 1, 2, 3"

@@ -1,5 +1,4 @@
 """Held-out prediction: rules, Gadre et al.'s over-training runs, a synthetic sweep with a known law."""
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -37,29 +36,21 @@ def test_holdout_skips_with_a_reason():
     assert largest_budget_rule(ds) is None  # one budget: nothing would remain to fit
 
 
-def _gadre(refdata, name):
-    rows = [r for r in csv.DictReader(open(refdata / "gadre2024_overtraining_models.csv"))
-            if r["train_dataset"] == name]
-    return rows
-
-
 @pytest.mark.parametrize("name", ["rpj", "rw_original"])
 def test_gadre_holdout_within_two_percent(refdata, tmp_path, name):
     """Gadre et al. 2024 fit on their small models (11M-411M) and predict the 1.4B and 6.9B runs; their law
     reaches 0.7-1.6%.  `--holdout 'N>1e9'` on the RedPajama and RefinedWeb runs (C4 validation loss) predicts
     every held-out run within 2%, each inside its 95% prediction interval (the tied law, alpha = beta, is
     chosen by the rollout on the small models: the free law misses the 6.9B run by 3-4.5%)."""
-    rows = _gadre(refdata, name)
-    path = tmp_path / f"{name}.csv"
-    with open(path, "w") as f:
-        f.write("N,D,C,loss\n" + "".join(f"{r['N_params']},{r['D_tokens']},{r['C_flops_6ND']},{r['loss_c4_val']}\n"
-                                         for r in rows))
-    r = subprocess.run([sys.executable, "-m", "sweeps.fit", path, "--holdout", "N>1e9", "--approaches", "3",
-                        "--grid", "coarse", "--bootstrap", "300"], cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run([sys.executable, "-m", "sweeps.fit", refdata / "gadre2024_overtraining_models.csv",
+                        "--n-col", "N_params", "--d-col", "D_tokens", "--c-col", "C_flops_6ND", "--loss-col",
+                        "loss_c4_val", "--where", f"train_dataset={name}", "--out", tmp_path, "--holdout", "N>1e9",
+                        "--approaches", "3", "--grid", "coarse", "--bootstrap", "300"], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     assert "holdout N>1e+09" in r.stdout
     fit, _ = load_fit(tmp_path)
+    assert fit.n_points == 35 and any("train_dataset=" in n for n in fit.notes)
     h = fit.holdout
     assert h.status == "ok" and h.n_heldout == 3 and h.law_form == "tied"
     assert h.max_abs_rel_error < 0.02, [p.rel_error for p in h.points]
