@@ -224,7 +224,8 @@ def approach2(N, D, C, loss, *, budget=None, fpt=None, names=None, predict=(), c
         budgets.append(row)
 
     res = Approach2Result(method=METHOD.format(w=window), window_decades=window,
-                          grouping="by requested budget" if explicit else f"by clusters of log10 C (gap > {c_tol} decades starts a new budget)",
+                          grouping="by requested budget" if explicit
+                          else f"by clusters of log10 C (gap > {c_tol} decades starts a new budget)",
                           n_points=n, n_budgets=len(groups), n_budgets_used=len(good), budgets=budgets)
     if len(good) < 2 or len(set(C_g[good])) < 2:
         res.status = "skipped"

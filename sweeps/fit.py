@@ -249,7 +249,8 @@ def format_summary(fit):
         lines.append(f"  {'C':>9} {'N_opt':>10} {'95% interval':>24} {'D_opt':>10} {'D/N':>7} {'loss':>7}")
         for p in r3.predictions:
             lines.append(f"  {p.C:9.3g} {p.N_opt:10.3g} {fmt_ci(p.ci.get('N_opt'), '.3g'):>24} {p.D_opt:10.3g} "
-                         f"{p.tokens_per_param:7.1f} {p.loss:7.4f}" + ("  * " + p.extrapolation if p.extrapolation else ""))
+                         f"{p.tokens_per_param:7.1f} {p.loss:7.4f}"
+                         + ("  * " + p.extrapolation if p.extrapolation else ""))
     h = fit.holdout
     if h is not None:
         lines.append(holdout_line(h))

@@ -116,7 +116,8 @@ def holdout(ds, rule, *, law="auto", grid="coarse", bootstrap=1000, seed=bs.DEFA
         out.status, out.reason = "skipped", f"the rule {rule.text} holds out no point"
         return out
     if out.n_train < MIN_POINTS + 1:
-        out.status, out.reason = "skipped", f"the rule {rule.text} leaves {out.n_train} points to fit (need {MIN_POINTS + 1})"
+        out.status = "skipped"
+        out.reason = f"the rule {rule.text} leaves {out.n_train} points to fit (need {MIN_POINTS + 1})"
         return out
     train, test = ds.subset(~held), ds.subset(held)
     groups = group_budgets(train.C, train.budget, c_tol)
@@ -136,7 +137,8 @@ def holdout(ds, rule, *, law="auto", grid="coarse", bootstrap=1000, seed=bs.DEFA
     c_hi, c_lo = float(train.C.max()), float(train.C.min())
     beyond = max(np.log10(test.C.max() / c_hi), np.log10(c_lo / test.C.min()), 0.0)
     if beyond > 0:
-        out.extrapolation = f"held-out compute reaches {beyond:.2f} decades beyond the fitted range ({c_lo:.3g}-{c_hi:.3g})"
+        out.extrapolation = (f"held-out compute reaches {beyond:.2f} decades beyond the fitted range "
+                             f"({c_lo:.3g}-{c_hi:.3g})")
 
     # Prediction intervals: replicate laws plus a fresh draw of both noise levels.
     center = np.log(predict_loss(fit.law, test.N, test.D))

@@ -118,7 +118,7 @@ class HuberLogObjective:
         return float(huber(r, d)), grad
 
 
-def _minimize(obj, x0, options=None):
+def minimize_from(obj, x0, options=None):
     x0 = np.asarray(x0, dtype=float)
     if obj.tied:
         x0 = x0[:4]
@@ -134,7 +134,7 @@ def fit_grid(obj, starts, progress=None):
     xs = np.empty((len(starts), 5))
     step = max(1, len(starts) // 4)
     for i, s in enumerate(starts):
-        f, x, _ = _minimize(obj, s)
+        f, x, _ = minimize_from(obj, s)
         fun[i] = f if np.isfinite(f) else np.inf
         xs[i] = x
         if progress and (i + 1) % step == 0 and i + 1 < len(starts):

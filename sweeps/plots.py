@@ -30,13 +30,13 @@ def _figure(ncols=1, width=6.4, height=4.6):
 
 
 def _compact(v, _pos=None):
-    """2e4 -> '2e4', 0.5 -> '0.5', 300 -> '300'."""
+    """2e4 -> '2e4', 1.5e4 -> '1.5e4', 0.5 -> '0.5', 300 -> '300'."""
     if v <= 0:
         return ""
     if 1e-2 <= v < 1e4:
-        return f"{v:g}"
-    m, e = f"{v:.0e}".split("e")
-    return f"{m}e{int(e)}"
+        return f"{v:.3g}"
+    m, e = f"{v:.1e}".split("e")
+    return f"{m.rstrip('0').rstrip('.')}e{int(e)}"
 
 
 def _log_axis(ax, which="x"):
@@ -59,15 +59,19 @@ def tick_label_problems(fig):
     renderer = fig.canvas.get_renderer()
     problems = []
     for n, ax in enumerate(fig.axes):
-        if ax.get_label() == "<colorbar>":
-            continue
+        colorbar = ax.get_label() == "<colorbar>"
         for which, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            if colorbar and which == "x":  # a vertical colorbar has ticks on its long axis only
+                continue
             lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
             labels = [t for t, loc in zip(axis.get_ticklabels(), axis.get_ticklocs())
                       if t.get_visible() and t.get_text().strip() and lo <= loc <= hi]
             if len(labels) < 2:
                 problems.append(f"axes {n} ({ax.get_title()[:40]!r}): {len(labels)} labelled {which} ticks")
                 continue
+            texts = [t.get_text() for t in labels]
+            if len(set(texts)) < len(texts):
+                problems.append(f"axes {n} ({ax.get_title()[:40]!r}): repeated {which} tick labels {texts}")
             boxes = sorted((t.get_window_extent(renderer) for t in labels),
                            key=lambda b: b.x0 if which == "x" else b.y0)
             for b1, b2 in zip(boxes, boxes[1:]):
@@ -247,8 +251,13 @@ def build_loss_vs_compute(fit, curves=None):
         N_, D_ = frontier(r3.law, C, _relation(fit))
         ax.plot(C, predict_loss(r3.law, N_, D_), color="C0", lw=1.5, ls="--",
                 label=f"approach 3 ({r3.status}): loss on its frontier")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="N")
-    _log_axis(cb.ax, "y")
+    cb.locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12)
+    cb.formatter = FuncFormatter(_compact)
+    cb.ax.yaxis.set_minor_formatter(NullFormatter())
+    cb.update_ticks()
     _log_axis(ax, "x")
     ax.set_xlabel(f"C (FLOPs, {fit.flops_convention})")
     ax.set_ylabel("validation loss")

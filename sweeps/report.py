@@ -351,7 +351,7 @@ def run_analysis(sweep_dir, out_dir=None, *, wandb_enabled=False, wandb_report=F
         fit, path = run_fit(sweep_dir, out, require_ok=False, holdout_rule=holdout, **fit_kwargs)
         status.update(fit_json=str(path), status=fit.status, ok=fit.ok)
         if not fit.ok:
-            status["errors"].append(f"{fit.status.replace('_', ' ')}: {fit.problem or 'no approach could be fitted'}")
+            status["errors"].append(fit.problem or "no approach could be fitted")
     except Exception as e:
         status["errors"].append(f"fit: {e.__class__.__name__}: {e}")
         status["traceback"] = traceback.format_exc()

@@ -4,8 +4,8 @@ import pytest
 
 from tests.sweep_factory import LAW, law_loss
 from sweeps import bootstrap as bs
-from sweeps.law import (FlopsRelation, HuberLogObjective, _minimize, closed_form_a, fit_grid, frontier,
-                        frontier_slopes, grid_starts, law_from_x, refit_batch, x_from_law)
+from sweeps.law import (FlopsRelation, HuberLogObjective, closed_form_a, fit_grid, frontier, frontier_slopes,
+                        grid_starts, law_from_x, minimize_from, refit_batch, x_from_law)
 
 
 def _design(noise=0.005, seed=0):
@@ -29,7 +29,7 @@ def test_refit_batch_reaches_the_lbfgs_optimum(law_form):
     X, f = refit_batch(np.tile(start, (len(Y), 1)), lN, lD, Y, law_form=law_form)
     for i in range(len(Y)):
         obj = HuberLogObjective(lN, lD, Y[i], law_form=law_form)
-        fl, xl, _ = _minimize(obj, start, {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
+        fl, xl, _ = minimize_from(obj, start, {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000})
         assert f[i] <= fl * (1 + 1e-6) + 1e-15
         assert np.allclose(X[i], xl, atol=5e-3)
         if law_form == "tied":
