@@ -10,7 +10,7 @@ from tests.sweep_factory import make_shape_sweep, make_sweep, make_tokens_sweep,
 from sweeps import run_analysis
 from sweeps import wandb_report
 from sweeps.collect import collect
-from sweeps.fit import run_fit
+from sweeps.fit import format_summary, run_fit
 from sweeps.plots import PLOTS
 from sweeps.results import Approach3Result, FitResult, fmt_ci, load_fit
 from train.io_utils import wandb_mode
@@ -83,12 +83,17 @@ def test_report_follows_the_fit(tmp_path):
     r = run_module("sweeps.report", tmp_path, *FAST)
     assert r.returncode == 0, r.stderr
     assert "**total**" in (tmp_path / "report.md").read_text()
+    old_plots = {name: (tmp_path / name).read_bytes() for name in ("isoflop.png", "frontier.png", "residuals.png")}
     r = run_module("sweeps.fit", tmp_path, *FAST, "--params", "non_embedding")
     assert r.returncode == 0, r.stderr
     assert "rebuilt the report" in r.stdout
     md = (tmp_path / "report.md").read_text()
     fit, _ = load_fit(tmp_path)
     assert "**non_embedding**" in md and f"{fit.approach3.a:.3f}" in md and fit.created in md
+    assert fit.created in (tmp_path / "report.html").read_text()
+    for name, old in old_plots.items():  # the plots follow too (N is now the non-embedding count)
+        assert_png(tmp_path / name)
+        assert (tmp_path / name).read_bytes() != old, name
 
 
 def test_report_cli_bad_dir_and_empty_folder(tmp_path):
@@ -128,6 +133,28 @@ def test_plots_are_readable_without_warnings(tmp_path):
                 labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
                 if fit.approach1.status == "skipped":
                     assert not any("approach 1" in t for t in labels), (name, labels)
+
+
+@pytest.mark.parametrize("points", ["annealed", "curves"])
+def test_plotted_envelope_never_above_a_measured_point(tmp_path, points):
+    """The lower envelope drawn in loss_vs_compute.png is, at every measured point's compute, at or below that
+    point's loss (a 40-point grid of C used to drop most runs' final points and draw the envelope above them)."""
+    from sweeps.fit import fit_dataset
+    from sweeps.plots import build_loss_vs_compute
+
+    make_sweep(tmp_path, noise=0.002, bad_runs=False)
+    ds = collect(tmp_path)
+    fit = fit_dataset(ds, approaches=(1,), approach1_points=points)
+    fig = build_loss_vs_compute(fit, ds.curves)
+    (line,) = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label().startswith("lower envelope")]
+    assert line.get_drawstyle() == "steps-post"
+    xs, ys = line.get_xdata(), line.get_ydata()
+    measured = list(zip(ds.C, ds.loss))
+    if points == "curves":
+        measured += [(c, l) for cv in ds.curves for c, l in zip(cv["C"], cv["loss"])]
+    for c, loss in measured:
+        drawn = [y for x, y in zip(xs, ys) if x <= c * (1 + 1e-12)]
+        assert drawn and drawn[-1] <= loss + 1e-12, (c, loss, drawn[-1:])
 
 
 def test_tick_label_check_catches_unlabelled_axes():
@@ -179,6 +206,19 @@ def test_run_analysis_wandb_is_opt_in(tmp_path, monkeypatch):
     assert st["ok"] and "wandb" not in st
 
 
+def test_report_cli_wandb_is_opt_in(tmp_path, monkeypatch):
+    """`python -m sweeps.report DIR` logs no wandb run unless --wandb is given (it used to log one by default)."""
+    from sweeps import report
+
+    make_sweep(tmp_path, curves=False, bad_runs=False)
+    calls = []
+    monkeypatch.setattr(wandb_report, "publish", lambda *a, **k: calls.append(k) or {"run": {"mode": "disabled"}})
+    assert report.main([str(tmp_path), *FAST]) == 0
+    assert (tmp_path / "report.md").is_file() and calls == []
+    assert report.main([str(tmp_path), "--wandb"]) == 0
+    assert len(calls) == 1 and calls[0]["log_run"] and not calls[0]["build_report"]
+
+
 def test_run_analysis_never_raises(tmp_path):
     st = run_analysis(tmp_path / "missing", log=lambda m: None)
     assert not st["ok"] and "no such file" in st["errors"][0]
@@ -200,8 +240,14 @@ def test_unidentified_fit_is_said_so_everywhere(tmp_path):
     st = run_analysis(tmp_path, bootstrap=30, grid="coarse", log=msgs.append)
     assert not st["ok"] and st["status"] != "ok"
     assert not any(": ok" in m for m in msgs)
-    md = (tmp_path / "report.md").read_text()
-    assert "Status: OK" not in md and "not identified" in md.lower()
+    fit, _ = load_fit(tmp_path)  # fit.json
+    assert fit.status == "not_identified" and fit.problem and "not identified" in fit.problem
+    assert fit.approach3.status == "not_identified" and fit.approach3.reason
+    table = format_summary(fit)  # the CLI's table
+    assert "status: OK" not in table and "NOT IDENTIFIED" in table and fit.approach3.reason in table
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / name).read_text()
+        assert "Status: OK" not in text and "NOT IDENTIFIED" in text and fit.approach3.reason in text
 
 
 def test_wandb_summary_run_disabled_mode(tmp_path):
