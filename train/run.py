@@ -94,6 +94,7 @@ class Prepared:
     flops: FlopCounts
     plan: Plan
     sequences: TrainSequences
+    micro: int  # sequences per micro-step
     identity: dict
     skip: Optional[str]
 
@@ -147,7 +148,7 @@ def execute(cfg, run_dir, yaml_text: str, overrides: tuple = ()) -> int:
             record.write_config(yaml_text, overrides)
             record.write()
         return _train(run, run_dir, prep, info, record, signals)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         if record:
             record.write("failed", str(e), wall_s=time.time() - started)
         return _bad_input(str(e), run_dir, in_sweep, recorded=record is not None)
@@ -160,11 +161,13 @@ def execute(cfg, run_dir, yaml_text: str, overrides: tuple = ()) -> int:
         log.error(f"interrupted by {e} before training started; relaunch the same command to start")
         return 128 + e.signum
     except Exception as e:
-        tb = traceback.format_exc()
+        where = ""
+        if info.is_main:
+            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+            where = f" (traceback in {run_dir / ERROR_FILE})"
         if record:
-            (run_dir / ERROR_FILE).write_text(tb)
             record.write("failed", f"{type(e).__name__}: {e}", wall_s=time.time() - started)
-        log.error(f"run failed: {type(e).__name__}: {e} (traceback in {run_dir / ERROR_FILE})")
+        log.error(f"run failed: {type(e).__name__}: {e}{where}")
         return 0 if in_sweep else EXIT_FAILED
     finally:
         lock.release()
@@ -177,7 +180,7 @@ def _bad_input(message: str, run_dir: Path, in_sweep: bool, recorded: bool = Fal
     a single run leaves behind no folder that was made only for this attempt."""
     log.error(message)
     if in_sweep:
-        if not recorded:
+        if not recorded and load_summary(run_dir)[0] is None:  # never over a record of an earlier attempt
             try:
                 RunRecord(run_dir).write("failed", f"bad config: {message}")
             except OSError:
@@ -225,7 +228,9 @@ def _prepare(run: RunConfig, info: D.DistInfo) -> Prepared:
     counts, flops = param_counts(gpt), flops_per_token(gpt)
     plan = plan_run(run.optim, t, gpt.seq_len, info.world_size, counts.non_embedding, flops.exact)
     sequences = TrainSequences(data.train, gpt.seq_len, t.seed)
-    return Prepared(data=data, gpt=gpt, counts=counts, flops=flops, plan=plan, sequences=sequences,
+    micro = micro_batch_size(plan.batch_tokens // gpt.seq_len // info.world_size, gpt.seq_len, t.micro_batch,
+                             info.device.type)
+    return Prepared(data=data, gpt=gpt, counts=counts, flops=flops, plan=plan, sequences=sequences, micro=micro,
                     identity=run_identity(run, gpt, plan, data.fingerprint(), info),
                     skip=_skip_reason(plan, t, sequences.unique_tokens))
 
@@ -382,8 +387,7 @@ def _train(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, reco
     logger = make_logger(run.logger, run_dir, info.rank, state["loop"]["step"] if state and not t.init_from else 0,
                          _flat_config(run), t.name or run_dir.name,
                          resume_id=state.get("wandb_run_id") if state and origin == "resume" else None)
-    micro = micro_batch_size(plan.batch_tokens // gpt.seq_len // info.world_size, gpt.seq_len, t.micro_batch,
-                             info.device.type)
+    micro = prep.micro
     val = val_batches(prep.data.val, gpt.seq_len, run.data.val_tokens, micro)
     subset = len(val) if t.eval_tokens is None else max(1, min(len(val), -(-t.eval_tokens // (micro * gpt.seq_len))))
     data = TrainData(sequences=prep.sequences, val_batches=val, val_subset=subset, micro=micro,
