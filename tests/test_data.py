@@ -343,6 +343,7 @@ def test_pycode_full_stdlib_bytes(tmp_path, monkeypatch):
     text_bytes = m["splits"]["train"]["bytes"] + m["splits"]["val"]["bytes"]
     assert sum(encoded) == docs  # each document encoded once, in batches that each reach one of the limits
     assert len(encoded) - 1 <= text_bytes / prepare_mod._BATCH_BYTES + docs / prepare_mod._BATCH_DOCS
+    assert len(encoded) * 50 <= docs  # large batches: hundreds of stdlib files each
     assert len(ds.train) > 1_000_000 and len(ds.val) > DataConfig().val_tokens
     assert ds.bytes_per_token("val") == 1.0
     reasons = {s["reason"].split(" ")[0] for s in m["skipped"]}
