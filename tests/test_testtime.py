@@ -121,6 +121,8 @@ def test_majority_with_many_samples_approaches_the_plurality():
     assert np.all(np.diff(curve[::2]) > -1e-12)
     # ... and falls to 0 when a wrong answer is the plurality
     assert est.majority_at_k_curve(20, [30, 10, 4], 0)[-1] == 0.0
+    with pytest.raises(ValueError, match="up to 1000 samples"):
+        est.majority_at_k_curve(600, [401], 0)
 
 
 # ------------------------------------------------------------------------------ buckets, bootstrap
@@ -214,9 +216,10 @@ def test_frontier_on_a_hand_made_example():
     assert r50["best"]["run"] == "small" and r50["winner"] == "sample_more"
     assert r50["largest"]["run"] == "big" and r50["largest"]["k"] == 1
     # break-even: 1e12 + Q*4e6 = 1e13 + Q*1e7  ->  never (the small option's inference is cheaper too)
-    assert r50["break_even_queries"] is None
+    assert r50["break_even_queries"] is None and r50["cheaper_at_any_queries"] is True
     # target 0.8: only big (k=3) reaches it
     assert r80["best"]["run"] == "big" and r80["best"]["k"] == 3 and r80["winner"] == "largest"
+    assert r80["break_even_queries"] is None and r80["cheaper_at_any_queries"] is None
     assert r90["best"] is None and r90["options"] == [] and r90["winner"] is None
 
 
@@ -235,7 +238,7 @@ def test_break_even_queries():
     row = fr.frontier_rows(models, curves, targets=[0.6], queries=100)[0]
     assert row["best"]["run"] == "small"
     # 1e12 + Q*40*1e6 = 1e13 + Q*1e7  ->  Q = 9e12 / 3e7 = 3e5
-    assert row["break_even_queries"] == pytest.approx(3e5)
+    assert row["break_even_queries"] == pytest.approx(3e5) and row["cheaper_at_any_queries"] is False
     assert fr.frontier_rows(models, curves, targets=[0.6], queries=4e5)[0]["best"]["run"] == "big"
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 from sweeps import bootstrap
 
+MAX_MAJORITY_SAMPLES = 1000
+
 
 def _counts(n, c):
     n, c = np.atleast_1d(np.asarray(n, dtype=np.int64)), np.atleast_1d(np.asarray(c, dtype=np.int64))
@@ -54,38 +56,39 @@ def pass_at_k(n, c, k: int) -> np.ndarray:
     return pass_at_k_curve(n, c, k)[:, k - 1]
 
 
+def _binomials(m: int, upto: int) -> np.ndarray:
+    return np.array([float(comb(m, y)) for y in range(min(m, upto) + 1)])
+
+
 def majority_at_k_curve(c: int, wrong: Sequence[int] = (), none: int = 0, kmax: Optional[int] = None) -> np.ndarray:
     """Majority-vote accuracy at k = 1..kmax (default n) for one problem, exact over all k-subsets.
 
-    For x correct votes in the subset, count the ways to fill the other k - x places with every
-    wrong group below x votes except t groups at exactly x (a t+1-way tie, credit 1/(t+1)) and any
-    number of non-votes; ways[j, t] holds those counts for j other places."""
+    For x correct votes in the subset, count the ways to fill the other places: wrong groups of
+    fewer than x samples and non-votes can never reach x, so they are picked freely (one binomial
+    factor); each larger group takes fewer than x places, or exactly x (a tie). ways[j, t] counts
+    fillings of j places with t tied groups; a t-way tie with the correct answer earns 1/(t + 1)."""
     wrong = [int(m) for m in wrong if int(m) > 0]
     c, none = int(c), int(none)
     n = c + sum(wrong) + none
     if c < 0 or none < 0 or n < 1:
         raise ValueError(f"need c >= 0, none >= 0 and at least one sample, got c={c}, wrong={wrong}, none={none}")
+    if n > MAX_MAJORITY_SAMPLES:  # the subset counts would overflow float64
+        raise ValueError(f"majority@k is exact for up to {MAX_MAJORITY_SAMPLES} samples per problem, got {n}")
     kmax = n if kmax is None else int(kmax)
     if not 1 <= kmax <= n:
         raise ValueError(f"kmax must be in 1..{n}, got {kmax}")
     favourable = np.zeros(n + 1)
     for x in range(1, c + 1):
-        ties = sum(m >= x for m in wrong)
-        ways = np.zeros((n + 1, ties + 1))
-        ways[0, 0] = 1.0
-        for m in wrong:
-            new = np.zeros_like(ways)
-            for y in range(min(m, x - 1) + 1):
-                new[y:] += comb(m, y) * ways[:n + 1 - y]
-            if m >= x:
-                new[x:, 1:] += comb(m, x) * ways[:n + 1 - x, :-1]
+        big = [m for m in wrong if m >= x]
+        free = none + sum(m for m in wrong if m < x)
+        ways = np.zeros((n + 1, len(big) + 1))
+        ways[:free + 1, 0] = _binomials(free, free)
+        for m in big:
+            below, at_x = _binomials(m, x - 1), float(comb(m, x))
+            new = np.stack([np.convolve(ways[:, t], below)[:n + 1] for t in range(ways.shape[1])], axis=1)
+            new[x:, 1:] += at_x * ways[:n + 1 - x, :-1]
             ways = new
-        if none:
-            new = np.zeros_like(ways)
-            for y in range(none + 1):
-                new[y:] += comb(none, y) * ways[:n + 1 - y]
-            ways = new
-        credit = ways @ (1.0 / (1.0 + np.arange(ties + 1)))
+        credit = ways @ (1.0 / (1.0 + np.arange(len(big) + 1)))
         favourable[x:] += comb(c, x) * credit[:n + 1 - x]
     ks = np.arange(1, kmax + 1)
     return favourable[ks] / np.array([float(comb(n, k)) for k in ks])

@@ -11,7 +11,8 @@ Nothing is extrapolated beyond the measured k.
 training compute: the count at which the largest model's single-sample inference costs as much as
 its training (R = 1 at k = 1); the value used is recorded. Because the answer depends on it, every
 row also gives the break-even count against the largest model when that model reaches the target
-too: below it the best option is cheaper, above it the largest model is.
+too: below it the best option is cheaper, above it the largest model is (`cheaper_at_any_queries`
+is true when the best option also costs less per query, so no query count reverses the order).
 
 Each row's `winner` says what kind of option won, honestly:
     "largest"          the largest model of the comparison (training bigger wins)
@@ -85,12 +86,13 @@ def frontier_rows(models: Sequence[Mapping], curves: Mapping[str, Sequence[float
                                 "compute": total_compute(m["train_flops"], m["infer_flops_per_sample"], k, queries)})
         largest = next((o for o in options if o["run"] == largest_run), None)
         row = {"target": target, "queries": queries, "options": options, "best": None, "largest": largest,
-               "winner": None, "break_even_queries": None}
+               "winner": None, "break_even_queries": None, "cheaper_at_any_queries": None}
         if options:
             best = min(options, key=lambda o: (o["compute"], o["params_total"]))
             be = None if largest is None else _break_even(best, largest)
             row.update(best=best, winner=_winner(best, largest, largest_run),
-                       break_even_queries=None if be is None or math.isinf(be) else be)
+                       break_even_queries=None if be is None or math.isinf(be) else be,
+                       cheaper_at_any_queries=None if be is None else math.isinf(be))
         rows.append(row)
     return rows
 

@@ -10,7 +10,7 @@ Input, one dict per model (what sweeps.testtime.evaluate returns plus the run's 
                  "majority_at_k", "majority_at_k_ci", "fit": {"a", "b", "ci": {"a", "b"}, "r2", ...},
                  "by_bucket": {label: {"problems", "pass_at_k", ..., "fit"}}}],
      "frontier": [{"metric", "bucket", "target", "queries", "options", "best", "largest", "winner",
-                   "break_even_queries"}],
+                   "break_even_queries", "cheaper_at_any_queries"}],
      "pareto": [{"metric", "bucket", "points": [...]}]}
 Accuracies are means over problems with percentile bootstrap intervals over problems; k runs from
 1 to the fewest samples any problem got. Bucket "all" is every problem.
