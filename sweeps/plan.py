@@ -458,10 +458,17 @@ def shared_overrides(preset_overrides, command_line) -> List[str]:
 
 
 def plan_from_config(run, sweep: str, key: str, sweep_dir, progress: bool = True) -> SweepPlan:
-    """Prepare the data (once, cached for the jobs) and plan."""
-    from train.data import TrainSequences, load
+    """Prepare the data (once, cached for the jobs) and plan. A data problem (offline, missing files) is a
+    PlanError that also names the preset that needs no network, when the sweep has one."""
+    from train.data import DataError, TrainSequences, load
 
-    data = load(run.data, progress=progress)
+    try:
+        data = load(run.data, progress=progress)
+    except DataError as e:
+        offline = f"{key}-offline"
+        hint = (f"; without network access, sweep.preset={offline} trains on the embedded corpus"
+                if offline in run.sweep.presets else "")
+        raise PlanError(f"{str(e).rstrip('.')}{hint}") from None
     unique = TrainSequences(data.train, run.model["seq_len"], 0).unique_tokens
     return plan_sweep(run, sweep, key, sweep_dir, data.vocab_size, unique)
 
