@@ -397,7 +397,8 @@ def test_linear_cross_entropy_vocab_against_the_block(V):
 def test_linear_cross_entropy_float16_scales_after_the_kernel(monkeypatch):
     # float16 keeps (softmax - onehot) unscaled in the kernel and applies 1/n_valid with
     # grad_output afterwards (the scaled probabilities would underflow float16): check that this
-    # branch is the one taken, and that it gives the float64 answer.
+    # branch is the one taken, and that it gives the float64 answer. The spy also checks that the
+    # logits rows the kernel reads are padded to a multiple of 16 elements.
     scales = []
     real = ce_mod._ce_loss_grad_kernel
 
@@ -405,11 +406,13 @@ def test_linear_cross_entropy_float16_scales_after_the_kernel(monkeypatch):
         def __getitem__(self, grid):
             def launch(logits, stride, targets, loss, scale, *args, **kwargs):
                 scales.append(scale.item())
+                # rows padded to 16 elements (vector loads in the kernel; see test_kernels_sm90)
+                assert stride % 16 == 0 and stride >= logits.shape[1] == 301
                 return real[grid](logits, stride, targets, loss, scale, *args, **kwargs)
             return launch
 
     monkeypatch.setattr(ce_mod, "_ce_loss_grad_kernel", Spy())
-    x, w, t = ce_inputs(N=64)
+    x, w, t = ce_inputs(N=64)  # V = 301
     x16, w16 = leaf(x, torch.float16), leaf(w, torch.float16)
     loss = linear_cross_entropy(x16, w16, t, backend="triton", chunk_size=40)
     dx, dw = torch.autograd.grad(loss * 1.7, (x16, w16))
