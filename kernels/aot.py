@@ -53,7 +53,7 @@ class Job:
     meta: dict = dataclasses.field(default_factory=dict)  # dtype, head_dim, config ... for tests
 
 
-def _attention_jobs():
+def _attention_jobs(dtypes, head_dims):
     A = importlib.import_module("kernels.attention")
 
     scalars = {"fwd": ("qk_scale",), "dkdv": ("qk_scale", "sm_scale"), "dq": ("qk_scale", "sm_scale")}
@@ -78,8 +78,8 @@ def _attention_jobs():
                                          tma=tma, kept=cfg in kept),
         ))
 
-    for dt in DTYPES:
-        for hd in HEAD_DIMS:
+    for dt in dtypes:
+        for hd in head_dims:
             for kind in ("fwd", "dkdv", "dq"):
                 # Causal (the model's case) at every candidate, kept or pruned, so the report shows
                 # both sides of the pruning rule; the forward with its Hopper TMA loads.
@@ -102,7 +102,7 @@ def _attention_jobs():
     return jobs
 
 
-def _elementwise_jobs():
+def _elementwise_jobs(dtypes):
     # import_module: kernels/__init__ re-exports functions under the module names (kernels.rope, ...)
     ce = importlib.import_module("kernels.cross_entropy")
     rms = importlib.import_module("kernels.rmsnorm")
@@ -110,7 +110,7 @@ def _elementwise_jobs():
     sw = importlib.import_module("kernels.swiglu")
 
     jobs = []
-    for dt in DTYPES + ("fp32",):
+    for dt in dtypes:
         for width in (768, 4096, rms.MAX_WIDTH):  # one width per launch configuration (4, 8, 16 warps)
             block, warps = rms._launch_config(width)
             common = dict(module="kernels.rmsnorm", constexprs=dict(BLOCK_D=block), num_warps=warps,
@@ -152,8 +152,12 @@ def _elementwise_jobs():
     return jobs
 
 
-def all_jobs():
-    return _attention_jobs() + _elementwise_jobs()
+def all_jobs(quick=False):
+    """Every job; `quick`: a representative quarter (bfloat16; attention at head_dim 128, the
+    tightest in registers)."""
+    if quick:
+        return _attention_jobs(("bf16",), (128,)) + _elementwise_jobs(("bf16",))
+    return _attention_jobs(DTYPES, HEAD_DIMS) + _elementwise_jobs(DTYPES + ("fp32",))
 
 
 def _signature(fn, job):
@@ -215,8 +219,9 @@ def compile_job(job: Job) -> dict:
     }
 
 
-def _compile_index(i):
-    job = all_jobs()[i]
+def _compile_index(args):
+    i, quick = args
+    job = all_jobs(quick)[i]
     return job.name, compile_job(job)
 
 
@@ -237,19 +242,19 @@ def toolchain_problem() -> Optional[str]:
     return None
 
 
-def run(names_filter: str = "", workers: int = 1) -> dict:
+def run(names_filter: str = "", workers: int = 1, quick: bool = False) -> dict:
     """Compile the jobs whose name contains `names_filter`; {name: {job fields..., "result": ...}}."""
-    jobs = all_jobs()
-    chosen = [i for i, job in enumerate(jobs) if names_filter in job.name]
+    jobs = all_jobs(quick)
+    chosen = [(i, quick) for i, job in enumerate(jobs) if names_filter in job.name]
     if workers > 1:
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = dict(pool.map(_compile_index, chosen, chunksize=1))
     else:
-        results = dict(_compile_index(i) for i in chosen)
+        results = dict(_compile_index(c) for c in chosen)
     out = {}
-    for i in chosen:
+    for i, _ in chosen:
         job = jobs[i]
         out[job.name] = {"kernel": job.kernel, "fn": job.fn, "module": job.module,
                          "tensor_cores": job.tensor_cores, "floats": list(job.floats),
@@ -263,6 +268,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--filter", default="", help="only jobs whose name contains this")
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    p.add_argument("--quick", action="store_true", help="a representative quarter of the jobs (see all_jobs)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("kernels.aot: unset TRITON_INTERPRET (kernels must be compiled, not interpreted)", file=sys.stderr)
@@ -271,7 +277,7 @@ def main(argv=None) -> int:
     if problem:
         print(f"kernels.aot: cannot compile for sm_{TARGET_ARCH}a: {problem}", file=sys.stderr)
         return 3
-    report = run(args.filter, args.workers)
+    report = run(args.filter, args.workers, args.quick)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
