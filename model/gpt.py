@@ -49,10 +49,10 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, kv=None):
         B, T, C = x.shape
         cfg = self.config
-        q, k, v = self.qkv(x).view(B, T, 3, cfg.heads, cfg.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if cos is not None:
-            q = kernels.rope(q, cos, sin, backend=cfg.kernels)
-            k = kernels.rope(k, cos, sin, backend=cfg.kernels)
+        qkv = self.qkv(x).view(B, T, 3, cfg.heads, cfg.head_dim)
+        if cos is not None:  # q and k rotated inside the projection output (no copies of them)
+            qkv = kernels.rope_qk(qkv, cos, sin, backend=cfg.kernels)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, head_dim) strided views
         if kv is None:
             y = kernels.attention(q, k, v, causal=True, backend=cfg.kernels)
         else:  # generation: attend over the cached keys/values too (model.generate.KVCache)
@@ -71,8 +71,7 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.up(x)
         if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = kernels.swiglu(gate, up, backend=self.backend)
+            h = kernels.swiglu_packed(h, backend=self.backend)  # h = [gate | up]
         else:
             h = F.gelu(h, approximate="tanh")
         return self.down(h)
