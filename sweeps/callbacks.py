@@ -1,4 +1,5 @@
 """Hydra callback for sweeps: once all jobs have ended, fit and report, and set the exit status.
+A testtime sweep gets the test-time analysis (sweeps/testtime/report.py) instead of the loss fit.
 
 The planned sweeper (sweeps/sweeper.py) writes <sweep dir>/sweep.json with every job's outcome.
 Exit status: 2 when jobs were refused (their folders hold results made with other settings, or another
@@ -49,19 +50,28 @@ class SweepCallback(Callback):
             sys.exit(1)
         if not sweep.get("fit", True):
             return
-        log.info(f"fitting the frontier from {sweep_dir}")
+        testtime = sweep.get("name") == "testtime"  # repeated sampling: pass@k, fits, train-vs-inference frontier
+        log.info(f"{'analysing test-time compute' if testtime else 'fitting the frontier'} from {sweep_dir}")
         try:
             from sweeps.plan import preset_name
-            from sweeps.report import run_analysis
 
             preset = sweep.presets[preset_name(sweep)]
-            options = {k: preset[k] for k in ("bootstrap", "grid") if preset.get(k) is not None}
-            status = run_analysis(sweep_dir, wandb_group=config.logger.get("group"), log=log.info,
-                                  wandb_enabled=config.logger.get("kind") == "wandb", **options)
+            wandb_options = {"wandb_group": config.logger.get("group"), "log": log.info,
+                             "wandb_enabled": config.logger.get("kind") == "wandb"}
+            if testtime:
+                from sweeps.testtime.report import run_analysis
+
+                status = run_analysis(sweep_dir, bootstrap=preset.get("bootstrap"), **wandb_options)
+            else:
+                from sweeps.report import run_analysis
+
+                options = {k: preset[k] for k in ("bootstrap", "grid") if preset.get(k) is not None}
+                status = run_analysis(sweep_dir, **wandb_options, **options)
         except Exception as e:  # the runs are safe on disk; the analysis can be redone standalone
             (sweep_dir / "analysis-error.txt").write_text(traceback.format_exc())
+            redo = "sweeps.testtime.report" if testtime else "sweeps.report"
             log.error(f"end-of-sweep analysis failed ({type(e).__name__}: {e}; traceback in "
-                      f"{sweep_dir / 'analysis-error.txt'}); rerun it with: python -m sweeps.report {sweep_dir}")
+                      f"{sweep_dir / 'analysis-error.txt'}); rerun it with: python -m {redo} {sweep_dir}")
             sys.exit(1)
         if isinstance(status, dict) and not status.get("ok", True):
             sys.exit(1)

@@ -12,6 +12,12 @@ chinchilla (IsoFLOP): for each compute budget C, a ladder of `points` shapes fro
   `sweep.schedule=cosine` every (budget, shape) is one run with its own cosine schedule.
 shape: at a fixed total parameter count, one shape per depth in `depths` (Kaplan's aspect-ratio check).
 tokens: each of `sizes` (family shapes) at each of `multiples` tokens per parameter.
+testtime: each of `sizes` (family shapes) trained at `tokens_per_param` tokens per parameter, then sampled
+  on the task corpus's held-out problems (testtime.enabled=true for every job; sweeps/testtime). Not an
+  IsoFLOP ladder on purpose: the question is whether a smaller model drawing more samples beats a bigger
+  one at equal *total* (training + inference) compute, so training compute must grow with N; at a fixed
+  D/N it grows as N^2 (C = D x FLOPs/token), as when model and data are scaled together. On an IsoFLOP
+  ladder every model would cost the same to train, and only inference cost would tell them apart.
 
 Hyperparameters follow train/rules.py for each shape and are passed to every job of that shape
 explicitly, so a trunk and its forks cannot disagree. Every job is checked before anything trains
@@ -280,7 +286,7 @@ def plan_sweep(run, sweep_name: str, preset_key: str, sweep_dir, vocab_size: int
                    hp.beta2, flops, flops, _eval_flops(shape, evals, run.data.val_tokens, preset.eval_tokens),
                    preset.min_steps, overrides=ov)
 
-    if sweep_name in ("chinchilla", "testtime"):
+    if sweep_name == "chinchilla":
         prior = n_opt_from_fit(preset.prior) if preset.prior else (
             lambda c: n_opt_prior(c, preset.tokens_per_param, fam, base))
         grid = {}  # budget -> shapes
@@ -306,6 +312,18 @@ def plan_sweep(run, sweep_name: str, preset_key: str, sweep_dir, vocab_size: int
             s = family_shape(n, fam, base)
             for m in preset.multiples:
                 jobs.append(straight(f"{s.name}_x{m:g}", s, None, m * s.params_total))
+    elif sweep_name == "testtime":
+        if not preset.sizes:
+            raise PlanError(f"sweep.presets.{preset_key}.sizes: the testtime sweep needs a ladder of model sizes")
+        shapes = [family_shape(n, fam, base) for n in sorted(preset.sizes)]
+        for s, n in zip(shapes, sorted(preset.sizes)):
+            if shapes.count(s) > 1:
+                raise PlanError(f"sweep.presets.{preset_key}.sizes: {n:g} and another size give the same shape "
+                                f"{s.name}; spread the sizes further apart (or use a finer family.width_step)")
+            job = straight(s.name, s, None, preset.tokens_per_param * s.params_total)
+            job.overrides.append("testtime.enabled=true")
+            jobs.append(job)
+        jobs.reverse()  # the largest first: it decides the wall time
     else:
         raise PlanError(f"no planner for sweep {sweep_name!r}")
 
@@ -376,7 +394,7 @@ def _shape_at_depth(n_target: float, depth: int, fam, base) -> Shape:
 
 def _check_preset(sweep: str, key: str, p) -> None:
     where = f"sweep.presets.{key}"
-    if sweep in ("chinchilla", "testtime"):
+    if sweep == "chinchilla":
         if len(p.budgets) < 1 or any(not b > 0 for b in p.budgets):
             raise PlanError(f"{where}.budgets must list positive FLOP budgets, got {list(p.budgets)}")
         if p.points < 3:
@@ -409,7 +427,7 @@ def _checks(jobs: List[Job], preset, key: str, unique_tokens: int, sweep: str, s
                             "data.path=..., data=hf data.name=...) or smaller budgets")
     checks.append({"check": "every job: >= min_steps steps, 1..max tokens per parameter, no repeated data",
                    "ok": not problems, "detail": f"{len(problems)} problem(s)"})
-    if sweep in ("chinchilla", "testtime"):
+    if sweep == "chinchilla":
         for budget in sorted({j.budget for j in jobs if j.budget}):
             ns = [j.shape.params_total for j in jobs if j.budget == budget]
             ref = math.sqrt(budget / 120)  # D = 20 N at C = 6 N D

@@ -14,6 +14,7 @@ SWEEPS = {
     "chinchilla": ["smoke", "cpu", "gpu", "gpu-offline"],
     "shape": ["smoke", "cpu", "gpu"],
     "tokens": ["smoke", "cpu", "gpu"],
+    "testtime": ["smoke", "cpu", "gpu"],
 }
 VOCAB = {"bytes": 256, "bpe": 4096, "gpt2": 50257}
 CORPUS = 10**12  # tokens: enough for every preset, so only the design is checked here
@@ -38,7 +39,7 @@ def test_every_preset_of_every_sweep_composes_and_plans_cleanly(sweep, preset):
 
 def test_shipped_sweeps_are_the_ones_tested():
     shipped = {f.stem for f in (REPO / "conf" / "sweep").glob("*.yaml")} - {"base"}
-    assert shipped - {"testtime"} == set(SWEEPS)
+    assert shipped == set(SWEEPS)
 
 
 @pytest.mark.parametrize("preset", ["cpu", "gpu", "gpu-offline"])
@@ -174,3 +175,27 @@ def test_plan_cli_json_and_errors(tmp_path):
 def test_fmt_budget_names_are_stable():
     assert [P.fmt_budget(x) for x in (1e13, 3e13, 2.5e12, 6e11, 9.9999999e12)] == ["1e13", "3e13", "2.5e12",
                                                                                    "6e11", "1e13"]
+
+
+def test_testtime_sweep_trains_a_size_ladder_at_fixed_tokens_per_param_and_samples_after():
+    plan, run = plan_of("testtime", "cpu")
+    preset = run.sweep.presets["cpu"]
+    assert run.data.source == "tasks" and run.sweep.schedule == "cosine"
+    jobs = sorted(plan.jobs, key=lambda j: j.shape.params_total)
+    assert len(jobs) == len(preset.sizes) and {j.role for j in jobs} == {"run"}
+    assert plan.jobs[0] is jobs[-1]  # the largest first: it decides the wall time
+    for j, size in zip(jobs, sorted(preset.sizes)):
+        assert "testtime.enabled=true" in j.overrides
+        assert abs(math.log(j.shape.params_total / size)) < 0.4, (j.name, size)
+        assert abs(j.tokens / j.shape.params_total - preset.tokens_per_param) <= j.batch_tokens / j.shape.params_total
+    # training compute grows faster than N (D grows with N): bigger models cost more to train, not only to sample
+    for small, big in zip(jobs, jobs[1:]):
+        assert big.flops_train / small.flops_train > (big.shape.params_total / small.shape.params_total) ** 1.5
+    assert not any("budget" in c["check"] for c in plan.checks)  # no IsoFLOP bracket check
+
+
+def test_testtime_sizes_must_give_distinct_shapes():
+    with pytest.raises(P.PlanError, match="same shape"):
+        plan_of("testtime", "smoke", "sweep.presets.smoke.sizes=[10000,10001]")
+    with pytest.raises(P.PlanError, match="needs a ladder of model sizes"):
+        plan_of("testtime", "smoke", "sweep.presets.smoke.sizes=[]")

@@ -114,12 +114,12 @@ def test_parse_answer_accepts_a_plus_sign_and_rejects_non_answers():
 
 
 @pytest.mark.parametrize("bad, fragment", [
-    (dict(min_terms=0), "tasks.min_terms"),
-    (dict(max_terms=1, min_terms=3), "tasks.max_terms=1"),
-    (dict(alpha=-1.0), "tasks.alpha"),
-    (dict(problems_per_document=0), "tasks.problems_per_document"),
-    (dict(heldout_per_level=200), "tasks.heldout_per_level=200"),
-    (dict(heldout_seed="x"), "tasks.heldout_seed"),
+    (dict(min_terms=0), "data.task_min_terms"),
+    (dict(max_terms=1, min_terms=3), "data.task_max_terms=1"),
+    (dict(alpha=-1.0), "data.task_alpha"),
+    (dict(problems_per_document=0), "TaskSpec.problems_per_document"),
+    (dict(heldout_per_level=200), "data.task_heldout_per_level=200"),
+    (dict(heldout_seed="x"), "data.task_seed"),
 ])
 def test_spec_rejects_bad_values(bad, fragment):
     with pytest.raises(TaskError, match=re.escape(fragment)):

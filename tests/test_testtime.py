@@ -15,7 +15,7 @@ from model.flops import forward_flops
 from sweeps.testtime import estimators as est
 from sweeps.testtime import frontier as fr
 from sweeps.testtime import powerlaw
-from sweeps.testtime.evaluate import evaluate, stop_ids
+from train.testtime import evaluate, stop_ids
 from sweeps.testtime.record import FORMAT, build_testtime, read_testtime, write_testtime
 from train.data import tasks
 from train.data.tokenizer import ByteTokenizer

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional
 from pathlib import Path
 
 from model.config import ConfigError, GPTConfig
+from train import testtime
 from train.data import DataConfig, DataError
 from train.record import ROLES
 
@@ -107,6 +108,20 @@ class LoggerConfig:
 
 
 @dataclass
+class TestTimeConfig:
+    """Repeated sampling on the task corpus's held-out problems once training completed (train/testtime.py;
+    needs data=tasks). Off by default; the testtime sweep switches it on for every job."""
+
+    __test__ = False  # not a pytest test class
+    enabled: bool = False
+    n_samples: int = 32  # samples per held-out problem: pass@k and majority@k for k = 1..n_samples
+    temperature: float = 1.0  # 0: greedy (every sample the same)
+    top_k: Optional[int] = None  # sample among the top_k most likely tokens (null: all)
+    seed: int = 0  # the sampler's random generator
+    max_rows: int = 512  # sequences decoded together (memory vs speed; one problem's samples stay together)
+
+
+@dataclass
 class ShapeFamily:
     """Model shapes of one family (sweeps/plan.py): depth grows with width at a fixed aspect ratio
     (width / depth), heads of a fixed head dim, widths on a grid of `width_step`."""
@@ -123,11 +138,11 @@ class PresetConfig:
     use keep their defaults; `python -m sweeps.plan SWEEP --preset P` shows the jobs a preset makes."""
 
     overrides: List[str] = field(default_factory=list)  # settings every job gets (model.seq_len=..., data=...)
-    budgets: List[float] = field(default_factory=list)  # chinchilla / testtime: FLOP budgets (exact count)
+    budgets: List[float] = field(default_factory=list)  # chinchilla: FLOP budgets (exact count)
     points: int = 9  # chinchilla: shapes per budget, centred on the predicted optimum
     step_decades: float = 0.125  # chinchilla: spacing of a budget's shapes in N (log10)
     prior: Optional[str] = None  # where N_opt(C) comes from: null = tokens_per_param; or a fit.json path
-    tokens_per_param: float = 20.0  # the prior's D/N (chinchilla); the trained D/N (shape sweep)
+    tokens_per_param: float = 20.0  # the prior's D/N (chinchilla); the trained D/N (shape, testtime sweeps)
     sizes: List[float] = field(default_factory=list)  # tokens / testtime sweeps: total parameters per model
     multiples: List[float] = field(default_factory=list)  # tokens sweep: tokens per parameter
     target_params: Optional[float] = None  # shape sweep: the fixed total parameter count
@@ -163,6 +178,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    testtime: TestTimeConfig = field(default_factory=TestTimeConfig)
 
 
 def register_configs() -> None:
@@ -222,6 +238,7 @@ class RunConfig:
     train: TrainConfig
     logger: LoggerConfig
     sweep: SweepConfig
+    testtime: TestTimeConfig = field(default_factory=TestTimeConfig)
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(**{**self.model, "vocab_size": self.model["vocab_size"] or vocab_size})
@@ -393,4 +410,5 @@ def validate(cfg) -> RunConfig:
         raise ConfigError(f"sweep settings given (sweep.preset={sw.preset!r}) but no sweep is chosen; "
                           "add +sweep=NAME (chinchilla, shape, tokens or testtime), e.g. "
                           "python -m train +sweep=chinchilla sweep.preset=smoke")
-    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=sw)
+    testtime.check_settings(obj.testtime, obj.data, model["seq_len"])
+    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=sw, testtime=obj.testtime)

@@ -33,6 +33,7 @@ from model.flops import FlopCounts, ParamCounts, flops_per_token, mfu, param_cou
 from model.gpt import GPT
 from train import distributed as D
 from train import log as logs
+from train import testtime
 from train.checkpoint import Checkpointer, CheckpointError, load_step
 from train.config import RunConfig, validate
 from train.data import DataError, Dataset, TrainSequences, load, val_batches
@@ -250,12 +251,15 @@ def run_identity(run: RunConfig, gpt: GPTConfig, plan: Plan, data_fingerprint: d
         "batch_tokens": plan.batch_tokens, "steps": plan.steps, "tokens": plan.tokens, "seed": t.seed,
         "precision": "bf16" if _bf16(run, info) else "fp32",
         "init": {"from": str(Path(t.init_from).resolve()), "step": t.init_step} if t.init_from else None,
+        # the sampling after training is part of the result when enabled (max_rows only groups the work)
+        **({"testtime": {k: v for k, v in dataclasses.asdict(run.testtime).items() if k != "max_rows"}}
+           if run.testtime.enabled else {}),
     }
 
 
 # What a cooldown fork shares with its trunk: everything but the schedule's end and the run's length.
 _FORK_FREE = ("optim.schedule", "optim.min_lr_ratio", "optim.wsd_decay", "optim.decay_shape", "steps", "tokens",
-              "init")
+              "init", "testtime")
 
 
 def legacy_identity(s: RunSummary) -> dict:
@@ -411,7 +415,7 @@ def _train(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, reco
         result = trainer.fit()
     finally:
         signals.in_loop = False
-    return _report(run, run_dir, prep, info, record, result, logger, signals)
+    return _report(run, run_dir, prep, info, record, result, logger, signals, wrapped)
 
 
 def _build(run: RunConfig, gpt: GPTConfig, prep: Prepared, info: D.DistInfo):
@@ -477,7 +481,7 @@ def _loop_settings(run: RunConfig, plan: Plan, info: D.DistInfo) -> LoopSettings
 
 
 def _report(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, record: Optional[RunRecord], result,
-            logger, signals: StopSignals) -> int:
+            logger, signals: StopSignals, model) -> int:
     st, plan, fpt = result.state, prep.plan, prep.flops.exact
     tokens_per_s = st.step * plan.batch_tokens / st.train_seconds if st.train_seconds > 0 else None
     fields: dict[str, Any] = dict(
@@ -497,6 +501,9 @@ def _report(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, rec
         status = "failed"
         reason = (f"interrupted ({result.reason}) at step {st.step} of {plan.steps}; a checkpoint was saved, "
                   "relaunch the same command to resume")
+    if run.testtime.enabled and status == "completed":  # if it fails, the run fails: a relaunch samples again
+        fields["testtime"] = testtime.evaluate_run(run, run_dir, model, prep.data, info, logger, st.step,
+                                                   _bf16(run, info))
     logger.summary({**fields, "status": status})
     logger.close()
     if record:
@@ -514,6 +521,6 @@ def _report(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, rec
 
 def _flat_config(run: RunConfig) -> dict:
     out = {"model": run.model}
-    for key in ("data", "optim", "train", "logger"):
+    for key in ("data", "optim", "train", "logger", "testtime"):
         out[key] = dataclasses.asdict(getattr(run, key))
     return out

@@ -1,7 +1,7 @@
 """testtime.json: per-model pass@k, majority@k, power-law fits and the compute frontier, built from
 per-model, per-problem counts (so anyone can recompute every number from the file).
 
-Input, one dict per model (what sweeps.testtime.evaluate returns plus the run's accounting):
+Input, one dict per model (what train.testtime.evaluate returns plus the run's accounting):
     {"run", "params_total", "train_flops", "infer_flops_per_sample",
      "problems": [{"id", "difficulty", "n", "c", "wrong": [sizes of groups of equal wrong answers], "none"}]}
 ("wrong"/"none" are needed for majority@k only.) Output (format scalelab-testtime-v1):
@@ -18,9 +18,8 @@ Accuracies are means over problems with percentile bootstrap intervals over prob
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from sweeps.testtime.estimators import (bucket_indices, difficulty_buckets, majo
                                         pass_at_k_curve)
 from sweeps.testtime.frontier import DEFAULT_TARGETS, default_queries, frontier_rows, pareto
 from sweeps.testtime.powerlaw import fit_with_intervals
+from train.io_utils import write_json
 
 FORMAT = "scalelab-testtime-v1"
 METRICS = ("pass_at_k", "majority_at_k")
@@ -101,23 +101,9 @@ def build_testtime(models: Sequence[Mapping], *, targets: Sequence[float] = DEFA
             "models": summaries, "frontier": frontier, "pareto": fronts}
 
 
-def _clean(x):
-    """JSON without NaN/inf (null instead)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        return _clean(x.item())
-    return x
-
-
 def write_testtime(path, data: Mapping) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(_clean(data), indent=1) + "\n")
-    return path
+    """Atomically, as strict JSON (NaN and inf become null)."""
+    return write_json(path, data, indent=1)
 
 
 def read_testtime(path) -> dict:

@@ -11,8 +11,8 @@
 cache, built once) -> Dataset (here). Sources (`data.source`, registry `SOURCES`): `pycode` (the
 interpreter's standard library *.py files, offline, the default; `data.site_packages=true` adds
 site-packages), `text` (`data.path`: .txt/.jsonl/.parquet file or folder), `bin` (`data.path`: a
-folder with train.bin/val.bin, ours or raw nanoGPT uint16, used in place) and `hf` (a Hugging Face
-dataset). Tokenizers (`data.tokenizer`, registry `TOKENIZERS`): `bytes` (vocab 256), `bpe`
+folder with train.bin/val.bin, ours or raw nanoGPT uint16, used in place), `hf` (a Hugging Face
+dataset) and `tasks` (generated arithmetic problems with exact answers, tasks.py). Tokenizers (`data.tokenizer`, registry `TOKENIZERS`): `bytes` (vocab 256), `bpe`
 (byte-level BPE trained on the train split, vocab `data.bpe_vocab_size`) and `gpt2` (tiktoken;
 needs its cached files or network access once).
 

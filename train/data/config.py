@@ -29,7 +29,8 @@ class DataConfig:
 
     # pycode: the Python standard library's *.py files (offline default); text: data.path is a
     # .txt/.jsonl/.parquet file or a folder of them; bin: data.path is a folder with train.bin and
-    # val.bin (ours, with meta.json, or raw nanoGPT uint16); hf: a Hugging Face dataset (data.name)
+    # val.bin (ours, with meta.json, or raw nanoGPT uint16); hf: a Hugging Face dataset (data.name);
+    # tasks: generated arithmetic problems with exact answers (the task_* settings below)
     source: str = "pycode"
     path: Optional[str] = None
     # hf only: dataset name (or local loader such as "json"), its config, split, files, revision
@@ -49,6 +50,16 @@ class DataConfig:
     vocab_size: Optional[int] = None  # bin only: vocabulary of raw nanoGPT shards without meta
     # None: the SCALELAB_CACHE environment variable when set, else $XDG_CACHE_HOME (or ~/.cache)/scalelab/data
     cache_dir: Optional[str] = None
+    # tasks only (train/data/tasks.py): signed digit sums of task_min_terms..task_max_terms terms, the
+    # number of terms drawn ~ terms^-task_alpha, task_heldout_per_level held-out problems per length for
+    # repeated sampling, and task_documents generated training documents of 16 problems; task_seed
+    # seeds both the documents and the held-out set
+    task_min_terms: int = 2
+    task_max_terms: int = 16
+    task_alpha: float = 1.0
+    task_heldout_per_level: int = 16
+    task_seed: int = 0
+    task_documents: int = 20000
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,6 +67,7 @@ class DataConfig:
     def validate(self) -> "DataConfig":
         """Raise DataError on the first bad setting; return self."""
         from .sources import SOURCES  # the registries import this module
+        from .tasks import check_settings as check_task_settings
         from .tokenizer import TOKENIZERS
 
         _check_types(self)
@@ -89,6 +101,7 @@ class DataConfig:
         for key in ("split", "text_field"):
             if not getattr(self, key):
                 raise DataError(f"data.{key} must be a non-empty string, got {getattr(self, key)!r}")
+        check_task_settings(self)
         return self
 
     @classmethod

@@ -473,9 +473,11 @@ class BinShards(Source):
             raise DataError(f"data.path={cfg.path!r}: the folder {self.folder} lacks {' and '.join(missing)}")
 
 
+from .tasks import TaskSource  # noqa: E402 (it subclasses Source, defined above)
+
 # The registry: data.source=NAME -> its class. A new source is a Source subclass (in its own module
 # when it is large, imported here) and one entry.
-SOURCES = {"pycode": PyCodeSource, "text": TextSource, "bin": BinShards, "hf": HFSource}
+SOURCES = {"pycode": PyCodeSource, "text": TextSource, "bin": BinShards, "hf": HFSource, "tasks": TaskSource}
 
 
 def make_source(cfg: DataConfig, progress: bool = True) -> Source:

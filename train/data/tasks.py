@@ -32,16 +32,28 @@ Why this task: the sum needs every term, so accuracy falls with length; models o
 parameters trained for a few minutes on a CPU get per-problem success rates spread over (0, 1),
 with a tail of rare successes on long problems (the regime where repeated sampling pays off).
 Its text, answers and ids are a pure function of the spec and seeds (numpy's PCG64).
+
+As a data source (`data=tasks`, i.e. data.source=tasks, registered in sources.py): `TaskSource`
+generates data.task_documents training documents from data.task_seed with the spec made of the
+data.task_* settings (`task_spec`); the data layer splits them into train and val by content hash
+like any other source, so the loss-validation set is task text too, and the held-out problems
+(never in either split) are what repeated sampling is evaluated on (train/testtime.py). The
+source's fingerprint holds `fingerprint(spec)`, so every run record's data hash names the task.
+The bytes tokenizer is required: prompts and answers are read one character at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
+
+from .config import DataConfig, DataError
+from .sources import Doc, Source, digest_of, split_of, text_digest
 
 FORMAT = "scalelab-tasks-v1"
 ANSWER_END = "\n"
@@ -49,8 +61,15 @@ EOT_MARKER = "<|endoftext|>"
 _ANSWER = re.compile(r"\s*\+?(-?\d{1,9})\s*")
 
 
-class TaskError(ValueError):
+class TaskError(DataError):
     """A task setting is invalid; the message names the setting, the value and what is valid."""
+
+
+# The config key of each spec field (data.task_*), named in error messages; problems_per_document is not
+# a config setting (the library's TaskSpec only).
+_KEYS = {"min_terms": "data.task_min_terms", "max_terms": "data.task_max_terms", "alpha": "data.task_alpha",
+         "heldout_per_level": "data.task_heldout_per_level", "heldout_seed": "data.task_seed",
+         "problems_per_document": "TaskSpec.problems_per_document"}
 
 
 @dataclass(frozen=True)
@@ -63,18 +82,19 @@ class TaskSpec:
     heldout_seed: int = 1234
 
     def __post_init__(self):
+        k = _KEYS
         for name in ("min_terms", "max_terms", "problems_per_document", "heldout_per_level"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise TaskError(f"tasks.{name} must be a positive integer, got {value!r}")
+                raise TaskError(f"{k[name]} must be a positive integer, got {value!r}")
         if self.max_terms < self.min_terms:
-            raise TaskError(f"tasks.max_terms={self.max_terms} must be >= tasks.min_terms={self.min_terms}")
-        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < 100:
-            raise TaskError(f"tasks.alpha must be a number in [0, 100), got {self.alpha!r}")
-        if not isinstance(self.heldout_seed, int):
-            raise TaskError(f"tasks.heldout_seed must be an integer, got {self.heldout_seed!r}")
+            raise TaskError(f"{k['max_terms']}={self.max_terms} must be >= {k['min_terms']}={self.min_terms}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha < 100:
+            raise TaskError(f"{k['alpha']} must be a number in [0, 100), got {self.alpha!r}")
+        if not isinstance(self.heldout_seed, int) or isinstance(self.heldout_seed, bool):
+            raise TaskError(f"{k['heldout_seed']} must be an integer, got {self.heldout_seed!r}")
         if self.heldout_per_level > _distinct(self.min_terms) // 2:
-            raise TaskError(f"tasks.heldout_per_level={self.heldout_per_level} is too many for "
+            raise TaskError(f"{k['heldout_per_level']}={self.heldout_per_level} is too many for "
                             f"{self.min_terms}-term problems (valid: 1 .. {_distinct(self.min_terms) // 2})")
 
     @property
@@ -164,6 +184,18 @@ def check(problem: Problem, completion: str) -> bool:
     return parse_answer(completion) == problem.answer
 
 
+def answer_distribution(terms: int) -> Dict[int, float]:
+    """The exact distribution of the answer of a random `terms`-term problem (uniform digits, fair signs):
+    what a sampler that knows only a problem's length, and nothing of its digits, can guess from."""
+    digit = np.full(10, 0.1)
+    signed = np.concatenate([digit[::-1], [0.0] * 9]) * 0.5  # -d: values -9..0, index 0 is -9
+    signed[9:] += digit * 0.5  # +d: values 0..9
+    p, low = digit, 0  # p[i] = P(value = low + i)
+    for _ in range(terms - 1):
+        p, low = np.convolve(p, signed), low - 9
+    return {low + i: float(x) for i, x in enumerate(p) if x > 0}
+
+
 def max_answer_chars(spec: TaskSpec) -> int:
     """Characters of the longest answer plus its newline: a sampler's max_new_tokens for bytes."""
     return max(len(str(-9 * (spec.max_terms - 1))), len(str(9 * spec.max_terms))) + len(ANSWER_END)
@@ -173,3 +205,62 @@ def fingerprint(spec: TaskSpec) -> str:
     """A stable digest of the format and the spec (what determines every document and problem)."""
     blob = json.dumps({"format": FORMAT, **asdict(spec)}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def max_prompt_chars(spec: TaskSpec) -> int:
+    """Characters of the longest prompt ("\\n" + question + "=")."""
+    return len(prompt(Problem("", spec.max_terms, "0" * (2 * spec.max_terms - 1), 0)))
+
+
+# ------------------------------------------------------------------------------ as a data source
+
+_SETTINGS = ("task_min_terms", "task_max_terms", "task_alpha", "task_heldout_per_level", "task_seed",
+             "task_documents")
+
+
+def task_spec(cfg: DataConfig) -> TaskSpec:
+    """The spec the data.task_* settings describe (data.task_seed also seeds the held-out set)."""
+    return TaskSpec(min_terms=cfg.task_min_terms, max_terms=cfg.task_max_terms, alpha=cfg.task_alpha,
+                    heldout_per_level=cfg.task_heldout_per_level, heldout_seed=cfg.task_seed)
+
+
+def check_settings(cfg: DataConfig) -> None:
+    """DataConfig.validate's part for the task settings: they apply to data.source=tasks only, which
+    needs the bytes tokenizer and a valid spec. Raises DataError (TaskError) naming the key."""
+    if cfg.source != "tasks":
+        defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+        for key in _SETTINGS:
+            if getattr(cfg, key) != defaults[key]:
+                raise DataError(f"data.{key}={getattr(cfg, key)!r} applies only to data.source=tasks (data=tasks); "
+                                f"with data.source={cfg.source} leave it at its default ({defaults[key]!r})")
+        return
+    if cfg.tokenizer != "bytes":
+        raise DataError(f"data.source=tasks needs data.tokenizer=bytes, got {cfg.tokenizer!r}: prompts and answers "
+                        "are read one character at a time, so a held-out prompt tokenises as in training")
+    if cfg.task_documents < 1:
+        raise DataError(f"data.task_documents={cfg.task_documents!r} must be a positive integer (training documents "
+                        "of 16 problems each, e.g. 20000)")
+    task_spec(cfg)
+
+
+class TaskSource(Source):
+    """data.source=tasks: data.task_documents generated documents (see the module docstring)."""
+
+    unit = "docs"
+
+    def __init__(self, cfg: DataConfig, progress: bool = True) -> None:
+        super().__init__(cfg, progress)
+        self.spec = task_spec(cfg)
+        self.total = cfg.task_documents
+        self.entries.append(self.new_entry(generator=FORMAT, spec=asdict(self.spec), seed=cfg.task_seed,
+                                           generated=cfg.task_documents))
+
+    def fingerprint(self) -> Dict[str, Any]:
+        c = self.cfg
+        return {"kind": "tasks", "tasks": fingerprint(self.spec), "spec": asdict(self.spec), "seed": c.task_seed,
+                "generated": c.task_documents,
+                "fingerprint": digest_of([fingerprint(self.spec), c.task_seed, c.task_documents])}
+
+    def documents(self) -> Iterator[Doc]:
+        for text in training_documents(self.spec, self.cfg.task_documents, self.cfg.task_seed):
+            yield Doc(text, split_of(text_digest(text), self.cfg.val_fraction), 0, 1)
