@@ -54,10 +54,10 @@ import numpy as np
 
 from .config import DataConfig, DataError
 from .sources import Doc, Source, digest_of, split_of, text_digest
+from .tokenizer import EOT_TEXT
 
 FORMAT = "scalelab-tasks-v1"
 ANSWER_END = "\n"
-EOT_MARKER = "<|endoftext|>"
 _ANSWER = re.compile(r"\s*\+?(-?\d{1,9})\s*")
 
 
@@ -175,7 +175,7 @@ def prompt(problem: Problem) -> str:
 
 def parse_answer(completion: str) -> Optional[int]:
     """The integer a completion states before its first newline / end-of-text marker, else None."""
-    text = completion.split(ANSWER_END, 1)[0].split(EOT_MARKER, 1)[0]
+    text = completion.split(ANSWER_END, 1)[0].split(EOT_TEXT, 1)[0]
     m = _ANSWER.fullmatch(text)
     return int(m.group(1)) if m else None
 
