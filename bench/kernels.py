@@ -8,6 +8,7 @@ Per (kernel, pass, shape): median of many repetitions timed with CUDA events (wa
 cycling through several freshly made input sets so a set is not left hot in L2. Baselines:
   attention            torch scaled_dot_product_attention, flash backend (sdpa_kernel(FLASH_ATTENTION))
   rms_norm/swiglu/rope the eager PyTorch reference, and torch.compile of that reference
+                       (swiglu as the model calls it: a packed [gate | up] projection)
   linear_cross_entropy logits = x @ W.T, then F.cross_entropy on float32 logits
 Peak memory is the torch.cuda.max_memory_allocated delta of one call (CUDA only).
 TFLOP/s are given for the matmul-bound kernels (attention: causal fwd = 2*2*B*H*T*T*D/2, bwd = 2.5x
@@ -60,7 +61,8 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------ cases
 # A case: make() -> tuple of fresh input tensors; ours / baselines take those tensors; grad_idx: the
-# inputs that get gradients; out_like: index of the input whose shape the output has (None: scalar).
+# inputs that get gradients; out_like: index of the input whose shape the output has, or a function
+# of the inputs giving a tensor of that shape (None: scalar).
 
 
 def _cases(kernel, smoke, device, torch, F):
@@ -108,13 +110,18 @@ def _cases(kernel, smoke, device, torch, F):
                 passes={"fwd": (None, 2 * N * D * es), "bwd": (None, 3 * N * D * es)},
             ))
     elif kernel == "swiglu":
+        # The model's call: the packed projection h = [gate | up] (N, 2D) -> (N, D).
         grid = [(64, 96)] if smoke else [(16384, 2048), (8192, 11008)]
+
+        def packed_reference(h):
+            return swiglu_reference(*h.chunk(2, dim=-1))
+
         for N, D in grid:
             cases.append(dict(
-                shape={"N": N, "D": D}, make=lambda N=N, D=D: (randn(N, D), randn(N, D)),
-                ours=lambda g, u: K.swiglu(g, u, backend="triton"),
-                baselines={"eager": swiglu_reference, "torch.compile": "compile"},
-                reference=swiglu_reference, grad_idx=(0, 1), out_like=0,
+                shape={"N": N, "D": D}, make=lambda N=N, D=D: (randn(N, 2 * D),),
+                ours=lambda h: K.swiglu_packed(h, backend="triton"),
+                baselines={"eager": packed_reference, "torch.compile": "compile"},
+                reference=packed_reference, grad_idx=(0,), out_like=lambda raw, D=D: raw[0][:, :D],
                 passes={"fwd": (None, 3 * N * D * es), "bwd": (None, 5 * N * D * es)},
             ))
     elif kernel == "rope":
@@ -173,7 +180,9 @@ def _pass_fn_and_sets(torch, fn, case, pass_, raw_sets):
 
     def grad_out(raw):
         ol = case["out_like"]
-        return None if ol is None else torch.randn_like(raw[ol])
+        if ol is None:
+            return None
+        return torch.randn_like(ol(raw) if callable(ol) else raw[ol])
 
     if pass_ == "fwd+bwd":
         def run(*args):

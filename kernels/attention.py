@@ -4,7 +4,7 @@
 
 The Triton path never materialises the seq x seq score matrix:
 
-forward    one program per (query block, batch*head). K/V tiles stream through an online
+forward    one program per (query block, head, batch). K/V tiles stream through an online
            softmax (running max m, running sum l, rescaled fp32 accumulator). The base-2
            log-sum-exp of each row (m + log2 l) is saved for the backward pass.
 backward   recomputes P = exp2(S * log2(e) - lse) tile by tile instead of storing it:
@@ -20,11 +20,29 @@ to blocks that cross it. Any sequence length works (ragged tails are masked); he
 every matmul accumulates in float32. The softmax scale is 1/sqrt(head_dim); log2(e) is folded
 into it so the kernels use exp2 (one MUFU instruction on NVIDIA GPUs).
 
-float32 inputs use IEEE float32 matmuls unless torch.backends.cuda.matmul.allow_tf32 is set (then
-TF32), mirroring torch; float32 is a correctness path, bfloat16/float16 are the fast ones.
+Hopper (sm_90) loads: the forward reads Q/K/V and writes O through TMA tensor descriptors
+(`tl.make_tensor_descriptor`, one per (batch, head) slab, built on the device), which moves the
+address arithmetic and bounds checks into the copy engine; older GPUs and inputs whose strides are
+not 16-byte multiples take the pointer path. Compiled for sm_90a (tests/test_kernels_sm90.py), the
+descriptors cut the forward's registers at head_dim 128 (see `_BUDGET`). The interpreter runs both
+paths (`_INTERPRET_TMA`).
 
-Block sizes are autotuned on CUDA (keyed on seq length, head_dim and causal). Under the Triton
-interpreter (TRITON_INTERPRET=1, the CPU test suite) one small fixed configuration is used
+float32: `backend="auto"` sends float32 inputs on CUDA to PyTorch SDPA. Forced with
+`backend="triton"`, float32 uses IEEE float32 dots unless torch.backends.cuda.matmul.allow_tf32
+is set (then TF32), mirroring torch: compiled for sm_90a the IEEE dots use no tensor cores and
+spill kilobytes per thread in every tile configuration, so that path is for exactness checks only.
+
+Scalar arguments are cast to float32 inside the kernels: torch.compile (Inductor) passes Python
+floats as fp64, which would otherwise turn the tile math into fp64 (or fail to compile).
+
+Limits: batch and heads each up to 65535 (grid axes y and z); seq x head_dim below 2**31. Offsets
+inside one (batch, head) slab are int32 (cheaper in registers); inputs whose seq x row stride would
+overflow them (a packed qkv projection at long context) are copied to a contiguous layout first.
+
+Block sizes are autotuned on CUDA, keyed on the sequence length's power-of-two bucket (not the
+exact length), head_dim, causal, precision and the load path; timings are cached on disk (Triton's
+cache), so later runs and processes reuse them (concurrent ranks still each tune once). Under the
+Triton interpreter (TRITON_INTERPRET=1, the CPU test suite) one small fixed configuration is used
 (`_INTERPRET_BLOCKS`) so tests stay fast and still cross several block boundaries.
 """
 from __future__ import annotations
@@ -36,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import dispatch
-from kernels.dispatch import interpreter_on, resolve
+from kernels.dispatch import interpreter_on
 
 try:
     import triton
@@ -47,9 +65,7 @@ except Exception:  # pragma: no cover - kernels/ must import without triton (the
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-# Test hook: when True the Triton wrapper fills every buffer it allocates (O, LSE, delta, dQ, dK,
-# dV) with NaN before launching, so any element a kernel fails to write shows up in the result.
+MAX_GRID_YZ = 65535  # CUDA grid limit on axes y (heads) and z (batch)
 
 # Fixed block sizes used under the interpreter. Blocks are deliberately unequal (query blocks
 # twice the key blocks in fwd/dQ, the reverse in dK/dV) so the diagonal spans several inner
@@ -60,6 +76,8 @@ _INTERPRET_BLOCKS = {
     "dq": {"BLOCK_M": 32, "BLOCK_N": 16},
     "pre": {"BLOCK_M": 32},
 }
+# Whether the forward takes the TMA-descriptor path under the interpreter (tests flip it).
+_INTERPRET_TMA = True
 
 _LOG2E = 1.4426950408889634
 
@@ -92,11 +110,28 @@ def attention_math(q, k, v, causal=True):
 if triton is not None:
 
     @triton.jit
-    def _bh_offset(pid_bh, H, stride_z, stride_h):
-        # int64: batch*heads*seq*dim can exceed 2**31 elements for long sequences.
-        z = pid_bh // H
-        h = pid_bh % H
-        return z.to(tl.int64) * stride_z + h.to(tl.int64) * stride_h
+    def _slab(T, stride_z, stride_h):
+        # This program's (batch, head) slab; int64 because batch*heads*seq*dim can pass 2**31.
+        return T + tl.program_id(2).to(tl.int64) * stride_z + tl.program_id(1).to(tl.int64) * stride_h
+
+    @triton.jit
+    def _row_stats(T, H, N_CTX):
+        # Per-row float32 statistics (LSE, delta) are contiguous (batch, heads, seq).
+        return T + (tl.program_id(2).to(tl.int64) * H + tl.program_id(1)) * N_CTX
+
+    # In-slab offsets are int32: the host keeps seq x row stride below 2**31 (`_prepare`). Both
+    # int64 tile addresses and loop-carried block pointers cost 40-60 registers per thread in
+    # the loops at sm_90a (ptxas -v), enough to spill at head_dim 128.
+
+    @triton.jit
+    def _tile(T, start, offs_rows, offs_d, stride):
+        # (rows, head_dim) pointers of rows start + offs_rows
+        return T + (start + offs_rows[:, None]) * stride + offs_d[None, :]
+
+    @triton.jit
+    def _tile_t(T, start, offs_rows, offs_d, stride):
+        # the same tile transposed: (head_dim, rows) pointers
+        return T + (start + offs_rows[None, :]) * stride + offs_d[:, None]
 
     # ---------------------------------------------------------------------------- forward ----
 
@@ -104,14 +139,18 @@ if triton is not None:
     def _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_n, offs_d,
                    N_CTX, qk_scale, lo, hi,
                    MASK: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                   DOT_PREC: tl.constexpr):
-        """Fold key blocks [lo, hi) into the running softmax of one query block."""
+                   DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr):
+        """Fold key blocks [lo, hi) into the running softmax of one query block.
+        K, V are tensor descriptors (USE_TMA; rows past N_CTX read as 0) or slab pointers."""
         for start_n in range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             cols = start_n + offs_n
             col_ok = cols < N_CTX
-            # K loaded transposed (head_dim x BLOCK_N) so the dot needs no register shuffle.
-            kT = tl.load(K + cols[None, :] * stride_kn + offs_d[:, None], mask=col_ok[None, :], other=0.0)
+            if USE_TMA:
+                kT = tl.trans(K.load([start_n, 0]))
+            else:
+                # K loaded transposed (head_dim x BLOCK_N) so the dot needs no register shuffle.
+                kT = tl.load(_tile_t(K, start_n, offs_n, offs_d, stride_kn), mask=col_ok[None, :], other=0.0)
             qk = tl.dot(q, kT, input_precision=DOT_PREC)
             if MASK:  # only the diagonal / ragged-tail blocks pay for the element mask
                 if CAUSAL:
@@ -125,7 +164,10 @@ if triton is not None:
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # scale folded into one FMA
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            if USE_TMA:
+                v = V.load([start_n, 0])
+            else:
+                v = tl.load(_tile(V, start_n, offs_n, offs_d, stride_vn), mask=col_ok[:, None], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PREC)
             m_i = m_new
         return acc, l_i, m_i
@@ -136,20 +178,22 @@ if triton is not None:
                          stride_kz, stride_kh, stride_kn,
                          stride_vz, stride_vh, stride_vn,
                          stride_oz, stride_oh, stride_om,
-                         H, N_CTX, qk_scale,
+                         H, N_CTX, SEQ_BUCKET, qk_scale,
                          HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # SEQ_BUCKET is unused here: it is the autotuning key (the next power of two of N_CTX).
+        qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats as fp64
         pid_m = tl.program_id(0)
         if CAUSAL:
             # Causal work grows with the query index: launch the heaviest blocks first so the
             # cheap ones fill the tail of the last wave.
             pid_m = tl.num_programs(0) - 1 - pid_m
-        pid_bh = tl.program_id(1)
-        Q += _bh_offset(pid_bh, H, stride_qz, stride_qh)
-        K += _bh_offset(pid_bh, H, stride_kz, stride_kh)
-        V += _bh_offset(pid_bh, H, stride_vz, stride_vh)
-        O += _bh_offset(pid_bh, H, stride_oz, stride_oh)
-        LSE += pid_bh.to(tl.int64) * N_CTX
+        out_ty = O.dtype.element_ty
+        Q = _slab(Q, stride_qz, stride_qh)
+        K = _slab(K, stride_kz, stride_kh)
+        V = _slab(V, stride_vz, stride_vh)
+        O = _slab(O, stride_oz, stride_oh)
+        LSE = _row_stats(LSE, H, N_CTX)
 
         start_m = pid_m * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -157,7 +201,15 @@ if triton is not None:
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < N_CTX
 
-        q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        if USE_TMA:
+            Q = tl.make_tensor_descriptor(Q, [N_CTX, HEAD_DIM], [stride_qm, 1], [BLOCK_M, HEAD_DIM])
+            K = tl.make_tensor_descriptor(K, [N_CTX, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+            V = tl.make_tensor_descriptor(V, [N_CTX, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+            O = tl.make_tensor_descriptor(O, [N_CTX, HEAD_DIM], [stride_om, 1], [BLOCK_M, HEAD_DIM])
+            q = Q.load([start_m, 0])
+        else:
+            q = tl.load(_tile(Q, start_m, tl.arange(0, BLOCK_M), offs_d, stride_qm),
+                        mask=row_ok[:, None], other=0.0)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -167,46 +219,48 @@ if triton is not None:
             # boundary on a key-block edge); blocks above it are never visited.
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_n,
                                        offs_d, N_CTX, qk_scale, 0, start_m,
-                                       False, True, BLOCK_N, DOT_PREC)
+                                       False, True, BLOCK_N, DOT_PREC, USE_TMA)
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_n,
                                        offs_d, N_CTX, qk_scale, start_m,
                                        tl.minimum(start_m + BLOCK_M, N_CTX),
-                                       True, True, BLOCK_N, DOT_PREC)
+                                       True, True, BLOCK_N, DOT_PREC, USE_TMA)
         else:
             # Full key blocks unmasked, then the ragged tail (if any) with a column mask.
             n_full = (N_CTX // BLOCK_N) * BLOCK_N
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_n,
                                        offs_d, N_CTX, qk_scale, 0, n_full,
-                                       False, False, BLOCK_N, DOT_PREC)
+                                       False, False, BLOCK_N, DOT_PREC, USE_TMA)
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_n,
                                        offs_d, N_CTX, qk_scale, n_full, N_CTX,
-                                       True, False, BLOCK_N, DOT_PREC)
+                                       True, False, BLOCK_N, DOT_PREC, USE_TMA)
 
         acc = acc / l_i[:, None]
         tl.store(LSE + offs_m, m_i + tl.math.log2(l_i), mask=row_ok)  # base-2 LSE of scaled scores
-        tl.store(O + offs_m[:, None] * stride_om + offs_d[None, :], acc.to(O.dtype.element_ty),
-                 mask=row_ok[:, None])
+        if USE_TMA:
+            O.store([start_m, 0], acc.to(out_ty))  # rows past N_CTX are clipped by the descriptor
+        else:
+            tl.store(_tile(O, start_m, tl.arange(0, BLOCK_M), offs_d, stride_om), acc.to(out_ty),
+                     mask=row_ok[:, None])
 
     # --------------------------------------------------------------------------- backward ----
 
     @triton.jit
-    def _attn_bwd_preprocess(O, DO, DELTA,
+    def _attn_bwd_preprocess_kernel(O, DO, DELTA,
                              stride_oz, stride_oh, stride_om,
                              stride_doz, stride_doh, stride_dom,
                              H, N_CTX,
                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
         # delta_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax-Jacobian term, once per row.
-        pid_m = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        O += _bh_offset(pid_bh, H, stride_oz, stride_oh)
-        DO += _bh_offset(pid_bh, H, stride_doz, stride_doh)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        start_m = tl.program_id(0) * BLOCK_M
+        O = _slab(O, stride_oz, stride_oh)
+        DO = _slab(DO, stride_doz, stride_doh)
+        offs = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
-        row_ok = offs_m < N_CTX
-        o = tl.load(O + offs_m[:, None] * stride_om + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        row_ok = start_m + offs < N_CTX
+        o = tl.load(_tile(O, start_m, offs, offs_d, stride_om), mask=row_ok[:, None], other=0.0)
+        do = tl.load(_tile(DO, start_m, offs, offs_d, stride_dom), mask=row_ok[:, None], other=0.0)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        tl.store(DELTA + pid_bh.to(tl.int64) * N_CTX + offs_m, delta, mask=row_ok)
+        tl.store(_row_stats(DELTA, H, N_CTX) + start_m + offs, delta, mask=row_ok)
 
     @triton.jit
     def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qm, stride_dom,
@@ -219,7 +273,7 @@ if triton is not None:
             row_ok = rows < N_CTX
             # Query rows past the end load q = dO = 0 and lse = +inf, so their P^T column is
             # exactly 0 and they add nothing: no element mask is needed for the ragged tail.
-            qT = tl.load(Q + rows[None, :] * stride_qm + offs_d[:, None], mask=row_ok[None, :], other=0.0)
+            qT = tl.load(_tile_t(Q, start_m, offs_m, offs_d, stride_qm), mask=row_ok[None, :], other=0.0)
             lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
             sT = tl.dot(k, qT, input_precision=DOT_PREC) * qk_scale - lse[None, :]
             if MASK:  # diagonal blocks only: query i sees key j iff i >= j
@@ -227,7 +281,7 @@ if triton is not None:
                 # overflow exp2 (harmless after a where, but it is cleaner never to make inf).
                 sT = tl.where(rows[None, :] >= offs_n[:, None], sT, float("-inf"))
             pT = tl.math.exp2(sT)
-            do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(_tile(DO, start_m, offs_m, offs_d, stride_dom), mask=row_ok[:, None], other=0.0)
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
             delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
             dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
@@ -243,28 +297,30 @@ if triton is not None:
                               stride_doz, stride_doh, stride_dom,
                               stride_dkz, stride_dkh, stride_dkn,
                               stride_dvz, stride_dvh, stride_dvn,
-                              H, N_CTX, qk_scale, sm_scale,
+                              H, N_CTX, SEQ_BUCKET, qk_scale, sm_scale,
                               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid_n = tl.program_id(0)  # causal: low key blocks see the most queries and already go first
-        pid_bh = tl.program_id(1)
-        Q += _bh_offset(pid_bh, H, stride_qz, stride_qh)
-        K += _bh_offset(pid_bh, H, stride_kz, stride_kh)
-        V += _bh_offset(pid_bh, H, stride_vz, stride_vh)
-        DO += _bh_offset(pid_bh, H, stride_doz, stride_doh)
-        DK += _bh_offset(pid_bh, H, stride_dkz, stride_dkh)
-        DV += _bh_offset(pid_bh, H, stride_dvz, stride_dvh)
-        LSE += pid_bh.to(tl.int64) * N_CTX
-        DELTA += pid_bh.to(tl.int64) * N_CTX
+        qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile
+        sm_scale = tl.cast(sm_scale, tl.float32)
+        # causal: low key blocks see the most queries and already go first
+        start_n = tl.program_id(0) * BLOCK_N
+        Q = _slab(Q, stride_qz, stride_qh)
+        K = _slab(K, stride_kz, stride_kh)
+        V = _slab(V, stride_vz, stride_vh)
+        DO = _slab(DO, stride_doz, stride_doh)
+        DK = _slab(DK, stride_dkz, stride_dkh)
+        DV = _slab(DV, stride_dvz, stride_dvh)
+        LSE = _row_stats(LSE, H, N_CTX)
+        DELTA = _row_stats(DELTA, H, N_CTX)
 
-        start_n = pid_n * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
+        tile_n = tl.arange(0, BLOCK_N)
+        offs_n = start_n + tile_n
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         col_ok = offs_n < N_CTX
         # K and V stay resident for the whole query sweep.
-        k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k = tl.load(_tile(K, start_n, tile_n, offs_d, stride_kn), mask=col_ok[:, None], other=0.0)
+        v = tl.load(_tile(V, start_n, tile_n, offs_d, stride_vn), mask=col_ok[:, None], other=0.0)
         dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
@@ -283,9 +339,9 @@ if triton is not None:
                                  0, N_CTX, False, BLOCK_M, DOT_PREC)
 
         dk *= sm_scale  # dS is w.r.t. the scaled scores; the chain rule brings the scale back
-        tl.store(DK + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty),
+        tl.store(_tile(DK, start_n, tile_n, offs_d, stride_dkn), dk.to(DK.dtype.element_ty),
                  mask=col_ok[:, None])
-        tl.store(DV + offs_n[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty),
+        tl.store(_tile(DV, start_n, tile_n, offs_d, stride_dvn), dv.to(DV.dtype.element_ty),
                  mask=col_ok[:, None])
 
     @triton.jit
@@ -298,8 +354,8 @@ if triton is not None:
             start_n = tl.multiple_of(start_n, BLOCK_N)
             cols = start_n + offs_n
             col_ok = cols < N_CTX
-            kT = tl.load(K + cols[None, :] * stride_kn + offs_d[:, None], mask=col_ok[None, :], other=0.0)
-            vT = tl.load(V + cols[None, :] * stride_vn + offs_d[:, None], mask=col_ok[None, :], other=0.0)
+            kT = tl.load(_tile_t(K, start_n, offs_n, offs_d, stride_kn), mask=col_ok[None, :], other=0.0)
+            vT = tl.load(_tile_t(V, start_n, offs_n, offs_d, stride_vn), mask=col_ok[None, :], other=0.0)
             s = tl.dot(q, kT, input_precision=DOT_PREC) * qk_scale - lse[:, None]
             if MASK:
                 if CAUSAL:
@@ -320,30 +376,32 @@ if triton is not None:
                             stride_vz, stride_vh, stride_vn,
                             stride_doz, stride_doh, stride_dom,
                             stride_dqz, stride_dqh, stride_dqm,
-                            H, N_CTX, qk_scale, sm_scale,
+                            H, N_CTX, SEQ_BUCKET, qk_scale, sm_scale,
                             HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PREC: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        qk_scale = tl.cast(qk_scale, tl.float32)  # fp64 under torch.compile
+        sm_scale = tl.cast(sm_scale, tl.float32)
         pid_m = tl.program_id(0)
         if CAUSAL:  # heaviest query blocks first, as in the forward
             pid_m = tl.num_programs(0) - 1 - pid_m
-        pid_bh = tl.program_id(1)
-        Q += _bh_offset(pid_bh, H, stride_qz, stride_qh)
-        K += _bh_offset(pid_bh, H, stride_kz, stride_kh)
-        V += _bh_offset(pid_bh, H, stride_vz, stride_vh)
-        DO += _bh_offset(pid_bh, H, stride_doz, stride_doh)
-        DQ += _bh_offset(pid_bh, H, stride_dqz, stride_dqh)
-        LSE += pid_bh.to(tl.int64) * N_CTX
-        DELTA += pid_bh.to(tl.int64) * N_CTX
+        Q = _slab(Q, stride_qz, stride_qh)
+        K = _slab(K, stride_kz, stride_kh)
+        V = _slab(V, stride_vz, stride_vh)
+        DO = _slab(DO, stride_doz, stride_doh)
+        DQ = _slab(DQ, stride_dqz, stride_dqh)
+        LSE = _row_stats(LSE, H, N_CTX)
+        DELTA = _row_stats(DELTA, H, N_CTX)
 
         start_m = pid_m * BLOCK_M
-        offs_m = start_m + tl.arange(0, BLOCK_M)
+        tile_m = tl.arange(0, BLOCK_M)
+        offs_m = start_m + tile_m
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < N_CTX
         # Q, dO and the per-row statistics stay resident; rows past the end get lse = +inf so
         # their P row is 0.
-        q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        q = tl.load(_tile(Q, start_m, tile_m, offs_d, stride_qm), mask=row_ok[:, None], other=0.0)
+        do = tl.load(_tile(DO, start_m, tile_m, offs_d, stride_dom), mask=row_ok[:, None], other=0.0)
         lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -364,66 +422,96 @@ if triton is not None:
                            N_CTX, qk_scale, n_full, N_CTX, True, False, BLOCK_N, DOT_PREC)
 
         dq *= sm_scale
-        tl.store(DQ + offs_m[:, None] * stride_dqm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+        tl.store(_tile(DQ, start_m, tile_m, offs_d, stride_dqm), dq.to(DQ.dtype.element_ty),
                  mask=row_ok[:, None])
 
     # ------------------------------------------------------------------------- autotuning ----
-    # Hopper-oriented candidates (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages). Each
-    # call prunes them for its head_dim and dtype before timing:
-    #   - causal masking needs the outer tile to be a multiple of the inner one (the diagonal must
-    #     start on an inner-tile edge);
-    #   - fp32 accumulator + score tiles above ~160 registers per thread spill (calibrated by
-    #     compiling every candidate for sm_90a and reading `ptxas -v`);
-    #   - Q/K/V/dO tiles (pipelined ones times num_stages) must fit 227 KiB of shared memory.
+    # Hopper-oriented candidates (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages); each
+    # call prunes them with `config_fits` before timing.
 
     def _cfgs(*rows):
         return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
                 for bm, bn, w, s in rows]
 
-    _FWD_CONFIGS = _cfgs((64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3), (128, 64, 4, 3),
-                         (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3))
-    _DKDV_CONFIGS = _cfgs((32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 8, 2), (32, 128, 8, 3),
-                          (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (64, 128, 8, 3))
-    _DQ_CONFIGS = _cfgs((64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3),
-                        (128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3))
-    _SMEM_LIMIT = 227 * 1024
-    _REG_LIMIT = 160
+    CONFIGS = {
+        "fwd": _cfgs((64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3), (128, 64, 4, 3),
+                     (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3)),
+        "dkdv": _cfgs((32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 8, 2), (32, 128, 8, 3),
+                      (64, 64, 4, 2), (64, 64, 8, 2), (64, 128, 8, 2), (64, 128, 8, 3)),
+        "dq": _cfgs((64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3),
+                    (128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 3)),
+    }
 
-    def _config_fits(c, kind, head_dim, elt):
-        bm, bn, stages = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages
-        threads = 32 * c.num_warps
-        if kind == "fwd":
-            ok = bm % bn == 0
-            regs = bm * (head_dim + bn) / threads                   # O acc + S/P tile
-            smem = elt * head_dim * (bm + stages * 2 * bn)          # Q + pipelined K, V
-        elif kind == "dkdv":
-            ok = bn % bm == 0
-            regs = 2 * bn * (head_dim + bm) / threads               # dK, dV acc + P^T, dP^T
-            smem = elt * head_dim * (2 * bn + stages * 2 * bm)      # K, V + pipelined Q, dO
-        else:
-            ok = bm % bn == 0
-            regs = bm * (head_dim + 2 * bn) / threads               # dQ acc + P/dS, dP
-            smem = elt * head_dim * (2 * bm + stages * 2 * bn)      # Q, dO + pipelined K, V
-        return ok and regs <= _REG_LIMIT and smem <= _SMEM_LIMIT
+
+# Pruning rule, calibrated against `ptxas -v` at sm_90a (`python -m kernels.aot --candidates`
+# compiles every candidate; tests/test_kernels_sm90.py compiles every kept one and fails on any
+# spill). A tile's register pressure is its fp32 accumulators per thread: fwd O + S
+# BLOCK_M x (head_dim + BLOCK_N), dK/dV 2 BLOCK_N x (head_dim + BLOCK_M), dQ BLOCK_M x (head_dim +
+# 2 BLOCK_N), over the threads. Per kernel, the budget keeps the candidates that compile without
+# spilling at head dims 32/64/128 in 16-bit dtypes and drops those that spill or sit at the
+# 255-register cap (triton 3.9, sequence length not a multiple of 16, fp64 scalars):
+#   fwd, pointer loads  96: hd128 128x32x4w (160) spills 24 B, 128x64x4w (192) 532 B; 128x128x8w
+#                           (128) needs 254 registers at hd128, 128x64x4w 242 at hd64: dropped
+#   fwd, TMA loads     160: descriptors free the address registers: 128x128x8w fits at hd128 (231,
+#                           pointer path 254), 128x32x4w 212 (pointer path spills); 128x64x4w (192)
+#                           reaches 255 and is dropped
+#   dK/dV              160: 64x64x4w and 64x128x8w (192) spill 200-330 B at hd128; 32x64x4w (160) 253
+#   dQ                 128: 128x32x4w (192) spills 124 B at hd128; 64x64x4w and 128x64x8w (128) 182, 230
+_BUDGET = {("fwd", False): 96, ("fwd", True): 160, "dkdv": 160, "dq": 128}
+_SMEM_LIMIT = 227 * 1024  # sm_90 shared memory per block
+
+
+def config_fits(kind, block_m, block_n, num_warps, num_stages, head_dim, elt_bytes, tma=False):
+    """Whether a (BLOCK_M, BLOCK_N, warps, stages) candidate suits `kind` ("fwd", "dkdv", "dq")."""
+    threads = 32 * num_warps
+    if kind == "fwd":
+        ok = block_m % block_n == 0
+        acc = block_m * (head_dim + block_n) / threads
+        smem = elt_bytes * head_dim * (block_m + num_stages * 2 * block_n)
+        budget = _BUDGET[("fwd", bool(tma))]
+    elif kind == "dkdv":
+        ok = block_n % block_m == 0
+        acc = 2 * block_n * (head_dim + block_m) / threads
+        smem = elt_bytes * head_dim * (2 * block_n + num_stages * 2 * block_m)
+        budget = _BUDGET["dkdv"]
+    else:
+        ok = block_m % block_n == 0
+        acc = block_m * (head_dim + 2 * block_n) / threads
+        smem = elt_bytes * head_dim * (2 * block_m + num_stages * 2 * block_n)
+        budget = _BUDGET["dq"]
+    return ok and acc <= budget and smem <= _SMEM_LIMIT
+
+
+def kept_configs(kind, head_dim, elt_bytes, dot_prec="tf32", tma=False):
+    """The autotune candidates for one call, after pruning (never empty)."""
+    configs = CONFIGS[kind]
+    if dot_prec == "ieee":
+        # IEEE fp32 dots run without tensor cores and spill in every candidate (kilobytes per
+        # thread at sm_90a): one small tile, no tuning; this path exists for exactness, not speed.
+        return [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    kept = [c for c in configs
+            if config_fits(kind, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages,
+                           head_dim, elt_bytes, tma)]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+if triton is not None:
 
     def _pruner(kind):
         def prune(configs, named_args, **kwargs):
-            head_dim, elt = kwargs["HEAD_DIM"], named_args["Q"].element_size()
-            kept = [c for c in configs if _config_fits(c, kind, head_dim, elt)]
-            return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+            return kept_configs(kind, kwargs["HEAD_DIM"], named_args["Q"].element_size(),
+                                kwargs["DOT_PREC"], kwargs.get("USE_TMA", False))
         return prune
 
-    _TUNE_KEY = ["N_CTX", "HEAD_DIM", "CAUSAL"]  # the autotuner adds the tensors' dtypes itself
+    def _tuned(kind, kernel, key):
+        return triton.autotune(configs=CONFIGS[kind], key=key, cache_results=True,
+                               prune_configs_by={"early_config_prune": _pruner(kind)})(kernel)
 
-    _attn_fwd_tuned = triton.autotune(
-        configs=_FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner("fwd")},
-    )(_attn_fwd_kernel)
-    _attn_bwd_dkdv_tuned = triton.autotune(
-        configs=_DKDV_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner("dkdv")},
-    )(_attn_bwd_dkdv_kernel)
-    _attn_bwd_dq_tuned = triton.autotune(
-        configs=_DQ_CONFIGS, key=_TUNE_KEY, prune_configs_by={"early_config_prune": _pruner("dq")},
-    )(_attn_bwd_dq_kernel)
+    # The autotuner adds the tensors' dtypes to the key itself.
+    _KEY = ["SEQ_BUCKET", "HEAD_DIM", "CAUSAL", "DOT_PREC"]
+    _attn_fwd_tuned = _tuned("fwd", _attn_fwd_kernel, _KEY + ["USE_TMA"])
+    _attn_bwd_dkdv_tuned = _tuned("dkdv", _attn_bwd_dkdv_kernel, _KEY)
+    _attn_bwd_dq_tuned = _tuned("dq", _attn_bwd_dq_kernel, _KEY)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,12 +537,64 @@ def _unsupported_reason(q, k, v):
                 f"(supported: {SUPPORTED_HEAD_DIMS}); use backend='torch'")
     if q.shape[2] == 0 or q.shape[0] * q.shape[1] == 0:
         return "empty input"
+    if q.shape[0] > MAX_GRID_YZ or q.shape[1] > MAX_GRID_YZ:
+        return (f"batch {q.shape[0]} and heads {q.shape[1]} must each be at most {MAX_GRID_YZ} "
+                "(CUDA grid limit); split the batch")
+    if q.shape[2] * q.shape[3] >= 2**31:
+        return f"seq {q.shape[2]} x head_dim {q.shape[3]} must be below 2**31 (int32 offsets inside one head)"
     return None
 
 
-def _last_dim_contiguous(t):
-    # The kernels take batch/head/seq strides but assume unit stride along head_dim (vector loads).
-    return t if t.stride(-1) == 1 else t.contiguous()
+def route(q, k, v, backend="auto", device_type=None):
+    """"triton" or "torch" for an attention call; raises ValueError for backend "triton" with
+    inputs the kernel cannot take. `device_type` defaults to the tensors' (tests pass "cuda" to
+    check the GPU decision on a CPU)."""
+    device_type = device_type or dispatch.device_of(q, k, v)
+    if dispatch.choose(backend, device_type) == "torch":
+        return "torch"
+    reason = _unsupported_reason(q, k, v)
+    if reason is None and backend == "auto" and q.dtype == torch.float32:
+        reason = "float32 on CUDA goes to SDPA (the kernel's IEEE fp32 dots have no tensor cores and spill)"
+    if reason is None:
+        return "triton"
+    if backend == "triton":
+        raise ValueError(f"attention backend 'triton': {reason}")
+    return "torch"
+
+
+def _aligned_16(t):
+    # The kernels take batch/head/seq strides and assume a unit head_dim stride. Row strides and
+    # slab starts that are multiples of 16 elements let the compiler vectorise every load (and are
+    # what TMA descriptors require); anything else is copied once.
+    return t.stride(-1) == 1 and all(s % 16 == 0 for s in t.stride()[:3]) and t.storage_offset() % 16 == 0
+
+
+def _in_int32(t):
+    # In-slab offsets are int32 (int64 ones cost registers, see `_tile`): the last valid row must
+    # start below 2**31 elements. A long sequence of a wide packed projection (128K tokens of qkv
+    # at width 8192: 3.2e9) is copied to (batch, heads, seq, head_dim), where the row stride is
+    # head_dim. Masked rows past the end may wrap; they are never read or written.
+    return t.shape[2] * t.stride(2) < 2**31
+
+
+def _prepare(t):
+    return t if _aligned_16(t) and _in_int32(t) else t.contiguous()
+
+
+def _use_tma(q, k, v):
+    # Descriptors need 16-byte aligned slabs and row strides (`_prepare` ensured both) that are
+    # not zero (an expanded tensor); they exist from sm_90 on.
+    if any(t.stride(2) == 0 for t in (q, k, v)):
+        return False
+    if interpreter_on():
+        return _INTERPRET_TMA
+    return (q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9
+            and hasattr(tl, "make_tensor_descriptor"))
+
+
+def _tma_scratch(size, alignment, stream):
+    # Device-side TMA descriptors live in a small global buffer that Triton asks for at launch.
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreter_on() else "cuda")
 
 
 def _dot_precision(dtype):
@@ -469,16 +609,21 @@ def _strides(t):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def _launch(tuned, plain, stage, grid_rows, bh, *args, **meta):
-    """Launch autotuned on a GPU, or with the fixed interpreter blocks under TRITON_INTERPRET."""
+def preprocess_block(head_dim):
+    return 128 if head_dim <= 64 else 64  # memory-bound: big tiles, bounded registers
+
+
+def _launch(tuned, plain, stage, n_ctx, heads, batch, *args, **meta):
+    """Launch autotuned on a GPU, or with the fixed interpreter blocks under TRITON_INTERPRET.
+    Grid: (sequence blocks, heads, batch)."""
     outer, inner = ("BLOCK_N", "BLOCK_M") if stage == "dkdv" else ("BLOCK_M", "BLOCK_N")
     if interpreter_on():
         blocks = _INTERPRET_BLOCKS[stage]
         if blocks[outer] % blocks[inner] != 0:
             raise ValueError(f"attention {stage}: {outer} must be a multiple of {inner}, got {blocks}")
-        plain[(triton.cdiv(grid_rows, blocks[outer]), bh)](*args, **meta, **blocks)
+        plain[(triton.cdiv(n_ctx, blocks[outer]), heads, batch)](*args, **meta, **blocks)
     else:
-        tuned[lambda m: (triton.cdiv(grid_rows, m[outer]), bh)](*args, **meta)
+        tuned[lambda m: (triton.cdiv(n_ctx, m[outer]), heads, batch)](*args, **meta)
 
 
 def _on_device_of(t):
@@ -489,17 +634,25 @@ def _on_device_of(t):
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal):
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+        q, k, v = (_prepare(t) for t in (q, k, v))
         B, H, N, D = q.shape
-        o = torch.empty_like(q)  # same memory layout as q, so a (B, S, H, D) view stays cheap
+        # O is laid out (batch, seq, heads, head_dim): the model's o.transpose(1, 2).reshape(B, S, C)
+        # is then a view, and the upstream gradient arrives in the same free layout.
+        o = torch.empty((B, N, H, D), dtype=q.dtype, device=q.device).transpose(1, 2)
+        if not _in_int32(o):
+            o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
         lse = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
         dispatch.poison(o, lse)
         sm_scale = 1.0 / math.sqrt(D)
+        seq_bucket = triton.next_power_of_2(N)
         meta = dict(HEAD_DIM=D, CAUSAL=bool(causal), DOT_PREC=_dot_precision(q.dtype))
+        use_tma = _use_tma(q, k, v)
         with _on_device_of(q):
-            _launch(_attn_fwd_tuned, _attn_fwd_kernel, "fwd", N, B * H,
+            if use_tma:
+                triton.set_allocator(_tma_scratch)
+            _launch(_attn_fwd_tuned, _attn_fwd_kernel, "fwd", N, H, B,
                     q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-                    H, N, sm_scale * _LOG2E, **meta)
+                    H, N, seq_bucket, sm_scale * _LOG2E, USE_TMA=use_tma, **meta)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.sm_scale = sm_scale
         ctx.meta = meta
@@ -508,26 +661,23 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        do = _last_dim_contiguous(do)
+        do = _prepare(do)
         B, H, N, D = q.shape
         sm_scale, meta = ctx.sm_scale, ctx.meta
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq, dk, dv = (torch.empty((B, H, N, D), dtype=q.dtype, device=q.device) for _ in range(3))
         delta = torch.empty_like(lse)
         dispatch.poison(dq, dk, dv, delta)
 
-        if interpreter_on():
-            pre_block = _INTERPRET_BLOCKS["pre"]["BLOCK_M"]
-        else:
-            pre_block = 128 if D <= 64 else 64  # memory-bound: big tiles, bounded registers
+        pre_block = _INTERPRET_BLOCKS["pre"]["BLOCK_M"] if interpreter_on() else preprocess_block(D)
         common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
-        scales = (H, N, sm_scale * _LOG2E, sm_scale)
+        scales = (H, N, triton.next_power_of_2(N), sm_scale * _LOG2E, sm_scale)
         with _on_device_of(q):
-            _attn_bwd_preprocess[(triton.cdiv(N, pre_block), B * H)](
+            _attn_bwd_preprocess_kernel[(triton.cdiv(N, pre_block), H, B)](
                 o, do, delta, *_strides(o), *_strides(do), H, N, HEAD_DIM=D, BLOCK_M=pre_block)
-            _launch(_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel, "dkdv", N, B * H,
+            _launch(_attn_bwd_dkdv_tuned, _attn_bwd_dkdv_kernel, "dkdv", N, H, B,
                     q, k, v, do, dk, dv, lse, delta, *common, *_strides(dk), *_strides(dv), *scales,
                     **meta)
-            _launch(_attn_bwd_dq_tuned, _attn_bwd_dq_kernel, "dq", N, B * H,
+            _launch(_attn_bwd_dq_tuned, _attn_bwd_dq_kernel, "dq", N, H, B,
                     q, k, v, do, dq, lse, delta, *common, *_strides(dq), *scales, **meta)
         return dq, dk, dv, None
 
@@ -537,15 +687,9 @@ def attention(q, k, v, causal=True, backend="auto"):
 
     backend "triton" runs the FlashAttention kernel and raises ValueError for inputs it does not
     support (head_dim other than 32/64/128, float64, mismatched shapes). "auto" uses the kernel
-    on CUDA when it supports the inputs and PyTorch SDPA otherwise. "torch" always uses SDPA.
+    for 16-bit inputs on CUDA and PyTorch SDPA otherwise (float32, CPU, unsupported shapes).
+    "torch" always uses SDPA.
     """
-    which = resolve(backend, q, k, v)
-    if which == "triton":
-        reason = _unsupported_reason(q, k, v)
-        if reason is not None:
-            if backend == "triton":
-                raise ValueError(f"attention backend 'triton': {reason}")
-            which = "torch"
-    if which == "torch":
+    if route(q, k, v, backend) == "torch":
         return attention_reference(q, k, v, causal)
     return _FlashAttention.apply(q, k, v, causal)

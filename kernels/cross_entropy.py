@@ -31,7 +31,6 @@ try:
 except Exception:  # pragma: no cover
     triton = None
 
-# Tests set this to True: output buffers are NaN-filled before use (unwritten elements show).
 # Memory budget for one chunk of logits, in bytes (the chunk's row count follows from vocab and dtype).
 CHUNK_BYTES = 256 * 1024 * 1024
 
@@ -44,6 +43,12 @@ def linear_cross_entropy_reference(x, weight, targets, ignore_index=-100):
 if triton is not None:
 
     @triton.jit
+    def _lse_step(m, s, z):
+        # Fold one block of logits into the running (max, sum of exp) pair.
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        return m_new, s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+
+    @triton.jit
     def _ce_loss_grad_kernel(
         LOGITS, stride_l, TARGETS, LOSS, SCALE,
         V, ignore_index,
@@ -53,32 +58,39 @@ if triton is not None:
         base = LOGITS + row * stride_l
         target = tl.load(TARGETS + row).to(tl.int64)
         valid = target != ignore_index
+        # The target's logit is read before pass 2 starts overwriting the row in place: no
+        # barrier orders this load after pass 1 against other warps' pass-2 stores.
+        z_target = tl.load(base + tl.where(valid, target, 0)).to(tl.float32)
+
+        # Whole blocks without a mask, then the tail (all-masked when BLOCK_V divides V): with a
+        # row stride that is a multiple of 16 (the host pads it), the unmasked loads and stores
+        # vectorise even when the vocabulary is not a multiple of 16 (50257).
+        offs = tl.arange(0, BLOCK_V)
+        v_full = (V // BLOCK_V) * BLOCK_V
+        tail = v_full + offs
+        tail_ok = tail < V
 
         # Pass 1: running max and sum of exp over the vocabulary, in float32.
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            z = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(z, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
-            m = m_new
+        for start in range(0, v_full, BLOCK_V):
+            m, s = _lse_step(m, s, tl.load(base + start + offs).to(tl.float32))
+        m, s = _lse_step(m, s, tl.load(base + tail, mask=tail_ok, other=float("-inf")).to(tl.float32))
         lse = m + tl.log(s)
-        safe_target = tl.where(valid, target, 0)
-        z_target = tl.load(base + safe_target).to(tl.float32)
-        loss = tl.where(valid, lse - z_target, 0.0)
-        tl.store(LOSS + row, loss)
+        tl.store(LOSS + row, tl.where(valid, lse - z_target, 0.0))
 
         # Pass 2: overwrite the logits with (softmax - onehot) * scale (0 for ignored rows).
         if COMPUTE_GRAD:
             scale = tl.where(valid, tl.load(SCALE).to(tl.float32), 0.0)
-            for start in range(0, V, BLOCK_V):
-                cols = start + tl.arange(0, BLOCK_V)
-                cmask = cols < V
-                z = tl.load(base + cols, mask=cmask, other=0.0).to(tl.float32)
-                p = tl.exp(z - lse)
+            out_ty = LOGITS.dtype.element_ty
+            for start in range(0, v_full, BLOCK_V):
+                cols = start + offs
+                p = tl.exp(tl.load(base + cols).to(tl.float32) - lse)
                 p = tl.where(cols == target, p - 1.0, p)
-                tl.store(base + cols, (p * scale).to(LOGITS.dtype.element_ty), mask=cmask)
+                tl.store(base + cols, (p * scale).to(out_ty))
+            p = tl.exp(tl.load(base + tail, mask=tail_ok, other=0.0).to(tl.float32) - lse)
+            p = tl.where(tail == target, p - 1.0, p)
+            tl.store(base + tail, (p * scale).to(out_ty), mask=tail_ok)
 
 
 def _launch_config(V):
@@ -101,6 +113,18 @@ def _chunk_rows(n, V, dtype, chunk_size):
     return -(-n // n_chunks)
 
 
+def _add_grad_w(grad_w, dlogits, xc):
+    """grad_w (float32) += dlogits.T @ xc."""
+    if dlogits.dtype == torch.float32:
+        grad_w.addmm_(dlogits.t(), xc)
+    elif grad_w.is_cuda:
+        # 16-bit inputs: one GEMM that accumulates in float32 straight into grad_w (no 16-bit
+        # (vocab, width) temporary, no rounding of each chunk's contribution).
+        torch.addmm(grad_w, dlogits.t(), xc, out_dtype=torch.float32, out=grad_w)
+    else:
+        grad_w.add_(torch.mm(dlogits.t(), xc))  # CPU has no out_dtype GEMM
+
+
 def _forward_chunks(x, w, targets, ignore_index, chunk_size, need_grad_x, need_grad_w):
     """Loss (float32 scalar tensor) and, if requested, unscaled-by-grad_output gradients."""
     N, D = x.shape
@@ -118,10 +142,13 @@ def _forward_chunks(x, w, targets, ignore_index, chunk_size, need_grad_x, need_g
     grad_w = torch.zeros((V, D), dtype=torch.float32, device=dev) if need_grad_w else None
     BLOCK_V, num_warps = _launch_config(V)
     rows = _chunk_rows(N, V, x.dtype, chunk_size)
+    # One logits buffer for every chunk, its rows padded to a multiple of 16 elements so each
+    # row starts 16-byte aligned (vector loads in the kernel); cuBLAS writes the strided view.
+    buf = torch.empty((min(rows, N), -(-V // 16) * 16), dtype=x.dtype, device=dev)
     for start in range(0, N, rows):
         end = min(start + rows, N)
         xc = x[start:end]
-        logits = torch.mm(xc, w.t())
+        logits = torch.mm(xc, w.t(), out=buf[: end - start, :V])
         _ce_loss_grad_kernel[(end - start,)](
             logits, logits.stride(0), targets[start:end], loss_rows[start:end], kernel_scale,
             V, ignore_index,
@@ -130,11 +157,7 @@ def _forward_chunks(x, w, targets, ignore_index, chunk_size, need_grad_x, need_g
         if need_grad_x:
             torch.mm(logits, w, out=grad_x[start:end])
         if need_grad_w:
-            if logits.dtype == torch.float32:
-                grad_w.addmm_(logits.t(), xc)
-            else:
-                grad_w.add_(torch.mm(logits.t(), xc))
-        del logits
+            _add_grad_w(grad_w, logits, xc)
     loss = loss_rows.sum() * inv_n
     return loss, grad_x, grad_w, post_scale
 

@@ -3,6 +3,11 @@
 Triton path: one program per row in the forward (the whole row in one block, float32 math,
 rstd saved for backward); the backward gives each program a contiguous range of rows, computes
 dx row by row and accumulates its partial dweight in float32, then the partials are summed.
+
+Widths up to MAX_WIDTH: the backward holds a whole row of x, dy, weight and the dweight
+accumulator in registers, which at sm_90a fits up to 8192 (16 warps, 119 registers) and spills
+above (width 12288: 176 B per thread, also with 32 warps). Wider rows take the PyTorch reference
+under `auto` and are an error under `triton`.
 """
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ try:
 except Exception:  # pragma: no cover - triton missing: only the reference is usable
     triton = None
 
-# Tests set this to True: output buffers are filled with NaN before each launch, so an element a
-# kernel forgets to write shows up as NaN instead of a plausible stale value.
+
+MAX_WIDTH = 8192
 
 
 def rms_norm_reference(x, weight, eps=1e-6):
@@ -31,6 +36,7 @@ if triton is not None:
 
     @triton.jit
     def _rms_norm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, D, eps, BLOCK_D: tl.constexpr):
+        eps = tl.cast(eps, tl.float32)  # torch.compile passes Python floats as fp64
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK_D)
         mask = cols < D
@@ -129,6 +135,12 @@ class _RMSNormFn(torch.autograd.Function):
 
 def rms_norm(x, weight, eps=1e-6, backend="auto"):
     """RMSNorm over the last dim of x (..., D) with a (D,) weight; output has x's dtype."""
-    if resolve(backend, x, weight) == "torch":
+    which = resolve(backend, x, weight)
+    if which == "triton" and x.shape[-1] > MAX_WIDTH:
+        if backend == "triton":
+            raise ValueError(f"rms_norm backend 'triton': width {x.shape[-1]} is above {MAX_WIDTH}, the widest "
+                             "row the fused backward holds in registers; use backend 'auto' or 'torch'")
+        which = "torch"
+    if which == "torch":
         return rms_norm_reference(x, weight, eps)
     return _RMSNormFn.apply(x, weight, float(eps))

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from kernels.dispatch import BACKENDS as KERNEL_BACKENDS  # one definition (model/__init__ imports kernels anyway)
+
 MLP_KINDS = ("swiglu", "gelu")
 NORM_KINDS = ("rmsnorm", "layernorm")
-KERNEL_BACKENDS = ("auto", "triton", "torch")
 
 
 class ConfigError(ValueError):

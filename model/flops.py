@@ -8,6 +8,8 @@ This is the project's one FLOP counter. Conventions (every fit says which it use
   the unmasked half: position t attends to t+1 keys). `no_attention`: matmuls only.
   `6n_total` / `6n_non_embedding`: the 6N shortcut (Chinchilla uses total N, Kaplan non-embedding).
 Elementwise work (norms, activations, softmax, RoPE) is not counted, as is customary.
+Inference (sampling with a KV cache): `forward_flops(cfg, start, stop)`, the forward FLOPs of
+positions [start, stop) of one sequence, with the same per-layer accounting.
 """
 from __future__ import annotations
 
@@ -63,9 +65,12 @@ def attention_flops_per_token(cfg: GPTConfig, causal: bool = True) -> float:
     return cfg.depth * 2 * 2 * w * keys_per_query  # two matmuls, 2 FLOPs per multiply-add
 
 
+def _forward_matmul_flops_per_token(cfg: GPTConfig) -> float:
+    return 2 * (cfg.depth * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.width)  # head always runs
+
+
 def flops_per_token(cfg: GPTConfig, causal: bool = True) -> FlopCounts:
-    matmul_params = cfg.depth * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.width  # head always runs
-    forward_matmuls = 2 * matmul_params
+    forward_matmuls = _forward_matmul_flops_per_token(cfg)
     counts = param_counts(cfg)
     return FlopCounts(
         exact=3 * (forward_matmuls + attention_flops_per_token(cfg, causal)),
@@ -73,6 +78,19 @@ def flops_per_token(cfg: GPTConfig, causal: bool = True) -> FlopCounts:
         six_n_total=6 * counts.total,
         six_n_non_embedding=6 * counts.non_embedding,
     )
+
+
+def forward_flops(cfg: GPTConfig, start: int, stop: int) -> float:
+    """Forward FLOPs of running positions [start, stop) of one sequence when the keys and values of
+    every earlier position are cached (generation): every matmul incl. the head, plus attention where
+    position t attends to t + 1 keys. A prompt of P tokens costs forward_flops(cfg, 0, P); the token
+    generated at position t costs forward_flops(cfg, t, t + 1); a full-context pass,
+    forward_flops(cfg, 0, seq_len), is seq_len x the forward third of flops_per_token(cfg).exact."""
+    if not 0 <= start <= stop:
+        raise ValueError(f"positions must satisfy 0 <= start <= stop, got start={start}, stop={stop}")
+    n = stop - start
+    keys = n * (start + 1 + stop) / 2  # sum of (t + 1) over t in [start, stop)
+    return n * _forward_matmul_flops_per_token(cfg) + cfg.depth * 2 * 2 * cfg.width * keys
 
 
 # Dense bf16 tensor-core peaks (no sparsity) from the vendors' datasheets, in FLOP/s.

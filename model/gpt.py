@@ -46,14 +46,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
         self.proj = nn.Linear(config.width, config.width, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, kv=None):
         B, T, C = x.shape
         cfg = self.config
-        q, k, v = self.qkv(x).view(B, T, 3, cfg.heads, cfg.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if cos is not None:
-            q = kernels.rope(q, cos, sin, backend=cfg.kernels)
-            k = kernels.rope(k, cos, sin, backend=cfg.kernels)
-        y = kernels.attention(q, k, v, causal=True, backend=cfg.kernels)
+        qkv = self.qkv(x).view(B, T, 3, cfg.heads, cfg.head_dim)
+        if cos is not None:  # q and k rotated inside the projection output (no copies of them)
+            qkv = kernels.rope_qk(qkv, cos, sin, backend=cfg.kernels)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, head_dim) strided views
+        if kv is None:
+            y = kernels.attention(q, k, v, causal=True, backend=cfg.kernels)
+        else:  # generation: attend over the cached keys/values too (model.generate.KVCache)
+            y = kv.attend(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -68,8 +71,7 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.up(x)
         if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = kernels.swiglu(gate, up, backend=self.backend)
+            h = kernels.swiglu_packed(h, backend=self.backend)  # h = [gate | up]
         else:
             h = F.gelu(h, approximate="tanh")
         return self.down(h)
@@ -81,8 +83,8 @@ class Block(nn.Module):
         self.norm1, self.attn = make_norm(config), Attention(config)
         self.norm2, self.mlp = make_norm(config), MLP(config)
 
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.norm1(x), cos, sin)
+    def forward(self, x, cos, sin, kv=None):
+        x = x + self.attn(self.norm1(x), cos, sin, kv)
         return x + self.mlp(self.norm2(x))
 
 
@@ -123,22 +125,27 @@ class GPT(nn.Module):
         embedding = self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.pos_emb is not None else 0)
         return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False,
+                cache=None):
         """idx, targets: (batch, seq) int64. Returns the mean loss, or (loss, logits) with return_logits
         (loss is None without targets). Without return_logits the head and loss are fused, so the
-        (batch x seq x vocab) logits never exist."""
+        (batch x seq x vocab) logits never exist. `cache` (a model.generate.KVCache, generation only):
+        idx continues the cached tokens (positions start at cache.pos) and is appended to the cache."""
         B, T = idx.shape
         cfg = self.config
-        if T > cfg.seq_len:
-            raise ValueError(f"sequence length {T} exceeds model.seq_len={cfg.seq_len}")
+        start = 0 if cache is None else cache.pos
+        if start + T > cfg.seq_len:
+            raise ValueError(f"sequence length {start + T} exceeds model.seq_len={cfg.seq_len}")
         x = self.tok_emb(idx)
         cos = sin = None
         if cfg.rotary:
-            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         else:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x, cos, sin)
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(T)
         h = self.norm_f(x)
 
         if targets is not None and not return_logits:

@@ -14,7 +14,9 @@ record says what happened, and the end-of-sweep fit tolerates them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +127,8 @@ def outcome(job_dir: Path, returncode: int) -> str:
 
 
 class PoolLauncher(Launcher):
+    understands_forks = True  # the planned sweeper may hand it trunks and forks in one batch
+
     def __init__(self, gpus=None, gpus_per_job=1, jobs_per_gpu=1, threads_per_job=1, max_parallel=None,
                  poll_s=0.5) -> None:
         self.options = dict(gpus=gpus, gpus_per_job=gpus_per_job, jobs_per_gpu=jobs_per_gpu,
@@ -155,37 +159,119 @@ class PoolLauncher(Launcher):
         slots = make_slots(gpus, **opts)
         total = len(job_overrides)
         log.info(f"launching {total} jobs, {len(slots)} at a time ({', '.join(where(s) for s in slots)})")
-        pending = list(enumerate(job_overrides, start=initial_job_idx))
-        running: dict = {}  # slot index -> (idx, proc, job_dir, started, log file)
+        pending = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            job_dir, job_cfg = self._job_dir(overrides, idx)
+            pending.append((idx, list(overrides), job_dir, job_cfg))
+        running: dict = {}  # slot index -> (idx, proc, job_dir, started, job log, overrides, job config)
         returns: dict = {}
         free = list(range(len(slots)))
-        while pending or running:
-            while pending and free:
-                idx, overrides = pending.pop(0)
-                s = free.pop(0)
-                job_dir, job_cfg = self._job_dir(overrides, idx)
-                job_dir.mkdir(parents=True, exist_ok=True)
-                job_log = open(job_dir / "job.log", "a")
-                shown = " ".join(filter_overrides(overrides))
-                log.info(f"[{idx + 1}/{total}] {job_dir.name} on {where(slots[s])}: {shown}")
-                proc = subprocess.Popen(job_command(overrides, job_dir, slots[s]), cwd=os.getcwd(),
-                                        env=job_env(slots[s]), stdout=job_log, stderr=subprocess.STDOUT)
-                running[s] = (idx, proc, job_dir, time.time(), job_log, overrides, job_cfg)
-            time.sleep(self.poll_s)
-            for s, (idx, proc, job_dir, started, job_log, overrides, job_cfg) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                job_log.close()
-                del running[s]
-                free.append(s)
-                log.info(f"[{idx + 1}/{total}] {job_dir.name} ended in {time.time() - started:.0f} s: "
-                         f"{outcome(job_dir, proc.returncode)}")
-                ret = JobReturn(overrides=list(overrides), cfg=job_cfg, hydra_cfg=self.config,
-                                working_dir=str(job_dir), task_name=str(self.config.hydra.job.name))
-                # completed from Hydra's point of view even when the run failed: the run record
-                # says what happened, and a failed run must not stop the sweep
-                ret.status = JobStatus.COMPLETED
-                ret.return_value = proc.returncode
-                returns[idx] = ret
+        stop = _StopRequest()
+        self.interrupted = None
+        with stop.installed():
+            while pending or running:
+                while pending and free and not stop.signum:
+                    ready = next((p for p in pending if _ready(p[1], pending, running)), None)
+                    if ready is None:
+                        break  # every pending job waits for a trunk that is still running
+                    pending.remove(ready)
+                    idx, overrides, job_dir, job_cfg = ready
+                    s = free.pop(0)
+                    job_dir.mkdir(parents=True, exist_ok=True)
+                    job_log = open(job_dir / "job.log", "a")
+                    shown = " ".join(filter_overrides(overrides))
+                    log.info(f"[{idx + 1}/{total}] {job_dir.name} on {where(slots[s])}: {shown}")
+                    proc = subprocess.Popen(job_command(overrides, job_dir, slots[s]), cwd=os.getcwd(),
+                                            env=job_env(slots[s]), stdout=job_log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
+                    running[s] = (idx, proc, job_dir, time.time(), job_log, overrides, job_cfg)
+                if stop.signum and not stop.forwarded:
+                    stop.forward([r[1] for r in running.values()])
+                time.sleep(self.poll_s)
+                for s, (idx, proc, job_dir, started, job_log, overrides, job_cfg) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    job_log.close()
+                    del running[s]
+                    free.append(s)
+                    log.info(f"[{idx + 1}/{total}] {job_dir.name} ended in {time.time() - started:.0f} s: "
+                             f"{outcome(job_dir, proc.returncode)}")
+                    ret = JobReturn(overrides=list(overrides), cfg=job_cfg, hydra_cfg=self.config,
+                                    working_dir=str(job_dir), task_name=str(self.config.hydra.job.name))
+                    # completed from Hydra's point of view even when the run failed: the run record
+                    # says what happened, and a failed run must not stop the sweep
+                    ret.status = JobStatus.COMPLETED
+                    ret.return_value = proc.returncode
+                    returns[idx] = ret
+                if stop.signum and not running:
+                    self.interrupted = (stop.signum, len(stop.forwarded_to), len(pending))
+                    break
         return [returns[i] for i in sorted(returns)]
 
+
+def _init_from(overrides: Sequence[str]):
+    """(trunk folder, branch step) of a cooldown fork's overrides, else None."""
+    values = dict(o.split("=", 1) for o in overrides if o.startswith(("train.init_from=", "train.init_step=")))
+    if "train.init_from" in values and "train.init_step" in values:
+        return Path(values["train.init_from"]), int(values["train.init_step"])
+    return None
+
+
+def _ready(overrides, pending, running) -> bool:
+    """A fork can start once its trunk saved the branch checkpoint, or once its trunk is not (or no
+    longer) part of this launch (then the fork itself says what is missing)."""
+    dep = _init_from(overrides)
+    if dep is None:
+        return True
+    trunk, step = dep
+    if (trunk / "ckpt" / f"step_{step:08d}.pt").is_file():
+        return True
+    busy = {p[2].resolve() for p in pending} | {r[2].resolve() for r in running.values()}
+    return trunk.resolve() not in busy
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the launcher dies (even by SIGKILL), so no job runs on orphaned.
+    Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM to the launcher: start nothing more, forward the signal once to the running jobs
+    (each saves a checkpoint and stops), wait for them. Jobs run in their own session, so a Ctrl-C at
+    the terminal reaches them only through this forwarding, once."""
+
+    def __init__(self):
+        self.signum = None
+        self.forwarded = False
+        self.forwarded_to = []
+
+    @contextlib.contextmanager
+    def installed(self):
+        old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            log.info(f"signal {signum}: stopping the running jobs after their current step (they save a "
+                     "checkpoint); a second signal stops them at once")
+        else:
+            self.forwarded = False  # forward again: a second signal stops the jobs at once
+
+    def forward(self, procs) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(self.signum)
+                if proc not in self.forwarded_to:
+                    self.forwarded_to.append(proc)
+        self.forwarded = True

@@ -3,30 +3,21 @@ resume across world sizes, and a dead rank ending the run as failed instead of h
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_train import REPO, TINY, metrics, run_train, summary
+from tests.conftest import TINY, metrics, run_cli, run_train, summary
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun tests run on Linux")
 
 
 def torchrun(args, run_dir, cache_dir, nproc=2, check=True, timeout=300, wait=True):
-    env = {**os.environ, "SCALELAB_CACHE": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "train", *args, f"hydra.run.dir={run_dir}"]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    p = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
+    return run_cli(["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "train",
+                    *args, f"hydra.run.dir={run_dir}"], cache_dir=cache_dir, cwd=run_dir.parent, timeout=timeout,
+                   check=check and wait, wait=wait)
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +52,34 @@ def test_resume_on_another_world_size(tmp_path, cache_dir):
     run_train(args, ref, cache_dir)
     # one process trains part of the run (it is stopped at its first checkpoints) ...
     part = tmp_path / "part"
-    env = {**os.environ, "SCALELAB_CACHE": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, f"hydra.run.dir={part}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = run_train(args, part, cache_dir, wait=False)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (part / "ckpt" / "step_00000020.pt").exists():
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (part / "ckpt" / "step_00000020.pt").exists()
-    # ... and two processes finish it
+    proc.communicate()
+    steps = sorted(int(f.stem.split("_")[1]) for f in (part / "ckpt").glob("step_*.pt"))
+    assert steps and steps[-1] >= 20 and steps[-1] < 80
+    # ... and two processes finish it, from the newest checkpoint (not from scratch: the loss alone cannot
+    # tell, since two processes from scratch reach the one-process loss too)
     p = torchrun(args, part, cache_dir)
     s = summary(part)
     assert s["status"] == "completed" and s["world_size"] == 2
+    out = p.stdout + p.stderr
+    assert f"resuming from {part / 'ckpt'}" in out and f"(step {steps[-1]})" in out, out[-3000:]
+    assert s["resumed_from"].endswith(f"step_{steps[-1]:08d}.pt")
     assert abs(s["final_val_loss"] - summary(ref)["final_val_loss"]) < 1e-4, p.stdout
+
+
+def test_two_processes_with_gradient_accumulation_match_one(tmp_path, cache_dir):
+    """Per process 16 sequences as 2 micro-batches of 8: DDP's no_sync path and the 1/accum scaling."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train(TINY + ["train.tokens=10240"], one, cache_dir)
+    p = torchrun(TINY + ["train.tokens=10240", "train.micro_batch=8"], two, cache_dir)
+    assert "2 micro-steps of 8 sequences" in p.stdout + p.stderr, (p.stdout + p.stderr)[-2000:]
+    assert abs(summary(one)["final_val_loss"] - summary(two)["final_val_loss"]) / summary(one)["final_val_loss"] < 2e-3
 
 
 def _worker_pids(parent_pid):

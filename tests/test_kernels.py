@@ -1,18 +1,21 @@
 """Triton kernels (rmsnorm, swiglu, rope, fused linear cross-entropy) against float64 references.
 
 On CPU the kernels run under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
-in float32, on small odd shapes, with output buffers poisoned with NaN so unwritten elements
-show. `gpu`-marked tests check bfloat16 at realistic sizes and need CUDA.
+in float32 and float16, on small odd shapes, with output buffers poisoned with NaN so unwritten
+elements show. bfloat16 is GPU-only: the interpreter emulates it through numpy, which has no
+bfloat16, and its results are not the kernel's (attention comes out with relative errors around
+1e9 and exp2 overflow warnings), so `gpu`-marked tests check bfloat16 at realistic sizes.
+Compilation for sm_90a (registers, spills, tensor cores) is tests/test_kernels_sm90.py.
 """
 import importlib
 
 import pytest
 import torch
 
-from kernels import linear_cross_entropy, rms_norm, rope, swiglu
+from kernels import check_backend, linear_cross_entropy, rms_norm, rope, rope_qk, swiglu, swiglu_packed
 from kernels.cross_entropy import linear_cross_entropy_reference
 from kernels.rmsnorm import rms_norm_reference
-from kernels.rope import rope_reference
+from kernels.rope import rope_qk_reference, rope_reference
 from kernels.swiglu import swiglu_reference
 
 # kernels/__init__ re-exports functions named like their modules (kernels.swiglu, kernels.rope),
@@ -25,6 +28,7 @@ dispatch = importlib.import_module("kernels.dispatch")
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL32 = 1e-4
+TOL16 = 2e-3  # float16 inputs and outputs (11-bit mantissa), float32 math inside
 TOL_BF16 = 1e-2
 
 
@@ -91,6 +95,18 @@ def test_rms_norm_noncontiguous_input():
     assert rel_err(dbase, dbaser) <= TOL32
 
 
+def test_rms_norm_width_limit(monkeypatch):
+    # Rows wider than MAX_WIDTH would spill in the backward: "triton" refuses, "auto" (on CUDA)
+    # takes the reference.
+    D = rms_mod.MAX_WIDTH + 16
+    x, w = torch.randn(3, D, device=DEV), torch.randn(D, device=DEV)
+    with pytest.raises(ValueError, match=f"width {D} is above {rms_mod.MAX_WIDTH}"):
+        rms_norm(x, w, backend="triton")
+    monkeypatch.setattr(dispatch, "device_of", lambda *tensors: "cuda")
+    monkeypatch.setattr(rms_mod._RMSNormFn, "apply", lambda *a: pytest.fail("kernel launched"))
+    assert torch.equal(rms_norm(x, w, backend="auto"), rms_norm_reference(x, w))
+
+
 # ----------------------------------------------------------------------------------------- SwiGLU
 
 
@@ -128,6 +144,38 @@ def test_swiglu_on_chunked_projection_views():
     (dhr,) = torch.autograd.grad(outr, hr, go.double())
     assert rel_err(out, outr) <= TOL32
     assert rel_err(dh, dhr) <= TOL32
+
+
+def test_swiglu_packed_matches_float64_reference_without_a_concatenation():
+    h = torch.randn(3, 19, 2 * 45, device=DEV, requires_grad=True)
+    out = swiglu_packed(h, backend="triton")
+    go = torch.randn_like(out)
+    (dh,) = torch.autograd.grad(out, h, go)
+    hr = leaf(h, torch.float64)
+    outr = swiglu_reference(*hr.chunk(2, dim=-1))
+    (dhr,) = torch.autograd.grad(outr, hr, go.double())
+    assert out.shape == (3, 19, 45)
+    assert rel_err(out, outr) <= TOL32
+    assert rel_err(dh, dhr) <= TOL32
+    # The backward's one buffer: d(gate) and d(up) written side by side, no cat (autograd's chunk
+    # backward would be a CatBackward / a copy into a new tensor).
+    assert "Cat" not in type(out.grad_fn).__name__
+    with pytest.raises(ValueError, match="last dim must be even"):
+        swiglu_packed(torch.randn(4, 7, device=DEV), backend="triton")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["gate-up", "packed"])
+def test_swiglu_float16(packed):
+    h = (torch.randn(37, 2 * 129, device=DEV) * 3.0).half().requires_grad_()
+    go = torch.randn(37, 129, device=DEV).half()
+    out = swiglu_packed(h, backend="triton") if packed else swiglu(*h.chunk(2, dim=-1), backend="triton")
+    (dh,) = torch.autograd.grad(out, h, go)
+    hr = leaf(h, torch.float64)
+    outr = swiglu_reference(*hr.chunk(2, dim=-1))
+    (dhr,) = torch.autograd.grad(outr, hr, go.double())
+    assert out.dtype == dh.dtype == torch.float16
+    assert rel_err(out, outr) <= TOL16
+    assert rel_err(dh, dhr) <= TOL16
 
 
 # ------------------------------------------------------------------------------------------- RoPE
@@ -185,6 +233,37 @@ def test_rope_rejects_bad_tables():
         rope(x, cos[:, :4], sin[:, :4], backend="torch")
     with pytest.raises(ValueError, match="cos and sin"):
         rope(x, cos[:5], sin[:5], backend="torch")
+
+
+def test_rope_qk_rotates_q_and_k_in_place():
+    B, T, H, D = 2, 67, 3, 32
+    base = torch.randn(B, T, 3 * H * D, device=DEV, requires_grad=True)
+    cos, sin = rope_tables(T + 5, D)
+    qkv = base * 1.0  # a non-leaf, like the projection output
+    view = qkv.view(B, T, 3, H, D)
+    out = rope_qk(view, cos, sin, backend="triton")
+    assert out.data_ptr() == qkv.data_ptr() and out.shape == (B, T, 3, H, D)  # no copy of q, k
+    go = torch.randn_like(out)
+    (dbase,) = torch.autograd.grad(out, base, go)
+
+    baser = leaf(base, torch.float64)
+    outr = rope_qk_reference(baser.view(B, T, 3, H, D), cos[:T].double(), sin[:T].double())
+    (dbaser,) = torch.autograd.grad(outr, baser, go.double())
+    assert rel_err(out, outr) <= TOL32
+    assert torch.equal(out[:, :, 2].detach(), base.view(B, T, 3, H, D)[:, :, 2].detach())  # v untouched
+    assert rel_err(dbase, dbaser) <= TOL32
+    # the packed reference agrees with rotating q and k one at a time
+    q = baser.view(B, T, 3, H, D)[:, :, 0].transpose(1, 2)
+    assert rel_err(outr[:, :, 0].transpose(1, 2), rope_reference(q, cos[:T].double(), sin[:T].double())) == 0
+
+
+def test_rope_qk_rejects_a_non_packed_layout():
+    cos, sin = rope_tables(8, 16)
+    qkv = torch.randn(2, 8, 3, 16, 4, device=DEV).transpose(3, 4)  # heads not contiguous before dim
+    with pytest.raises(ValueError, match="packed projection"):
+        rope_qk(qkv, cos, sin, backend="triton")
+    with pytest.raises(ValueError, match="batch, seq, 3, heads"):
+        rope_qk(torch.randn(2, 8, 2, 4, 16, device=DEV), cos, sin, backend="triton")
 
 
 # ----------------------------------------------------------------------------- fused linear + CE
@@ -298,6 +377,55 @@ def test_linear_cross_entropy_without_grad():
     assert rel_err(loss, lossr) <= TOL32
 
 
+@pytest.mark.parametrize("V", [23, 256, 257], ids=["V<block", "V=2blocks", "V=2blocks+1"])
+def test_linear_cross_entropy_vocab_against_the_block(V):
+    # The kernel reads whole blocks unmasked and then one masked tail block (interpreter block:
+    # 128): a vocabulary below one block, an exact multiple (all-masked tail) and one past it.
+    x, w, t = ce_inputs(N=30, V=V)
+    t[2] = V - 1  # the last logit is a target: the tail's target handling is exercised
+    xo, wo = leaf(x), leaf(w)
+    loss = linear_cross_entropy(xo, wo, t, backend="triton", chunk_size=16)
+    dx, dw = torch.autograd.grad(loss, (xo, wo))
+    xr, wr = leaf(x, torch.float64), leaf(w, torch.float64)
+    lossr = linear_cross_entropy_reference(xr, wr, t)
+    dxr, dwr = torch.autograd.grad(lossr, (xr, wr))
+    assert rel_err(loss, lossr) <= TOL32
+    assert rel_err(dx, dxr) <= TOL32
+    assert rel_err(dw, dwr) <= TOL32
+
+
+def test_linear_cross_entropy_float16_scales_after_the_kernel(monkeypatch):
+    # float16 keeps (softmax - onehot) unscaled in the kernel and applies 1/n_valid with
+    # grad_output afterwards (the scaled probabilities would underflow float16): check that this
+    # branch is the one taken, and that it gives the float64 answer. The spy also checks that the
+    # logits rows the kernel reads are padded to a multiple of 16 elements.
+    scales = []
+    real = ce_mod._ce_loss_grad_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(logits, stride, targets, loss, scale, *args, **kwargs):
+                scales.append(scale.item())
+                # rows padded to 16 elements (vector loads in the kernel; see test_kernels_sm90)
+                assert stride % 16 == 0 and stride >= logits.shape[1] == 301
+                return real[grid](logits, stride, targets, loss, scale, *args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(ce_mod, "_ce_loss_grad_kernel", Spy())
+    x, w, t = ce_inputs(N=64)  # V = 301
+    x16, w16 = leaf(x, torch.float16), leaf(w, torch.float16)
+    loss = linear_cross_entropy(x16, w16, t, backend="triton", chunk_size=40)
+    dx, dw = torch.autograd.grad(loss * 1.7, (x16, w16))
+    assert scales and all(s == 1.0 for s in scales)  # unscaled in the kernel
+    xr, wr = leaf(x16, torch.float64), leaf(w16, torch.float64)
+    lossr = linear_cross_entropy_reference(xr, wr, t)
+    dxr, dwr = torch.autograd.grad(lossr * 1.7, (xr, wr))
+    assert dx.dtype == dw.dtype == torch.float16
+    assert rel_err(loss, lossr) <= TOL16
+    assert rel_err(dx, dxr) <= TOL16
+    assert rel_err(dw, dwr) <= TOL16
+
+
 # ------------------------------------------------------------------------------ backends, errors
 
 
@@ -338,68 +466,16 @@ def test_bad_backend_name_errors(name):
         calls[name]()
 
 
-# ------------------------------------------------------- compile for a GPU target, without a GPU
-
-# The interpreter accepts some code the compiler rejects: compile every kernel for sm_90 (H100) to
-# a cubin in a subprocess without TRITON_INTERPRET. This needs no GPU, only triton's bundled LLVM
-# and ptxas; it uses triton's compiler API (ASTSource), so it skips where that API differs.
-_AOT_SCRIPT = r"""
-import importlib, sys
-import triton
-from triton.compiler import ASTSource, compile
-from triton.backends.compiler import GPUTarget
-rms = importlib.import_module("kernels.rmsnorm"); sw = importlib.import_module("kernels.swiglu")
-rp = importlib.import_module("kernels.rope"); ce = importlib.import_module("kernels.cross_entropy")
-assert not rms.interpreter_on()
-target = GPUTarget("cuda", 90, 32)
-dt = sys.argv[1]
-jobs = [
-    (rms._rms_norm_fwd_kernel, dict(X=dt, W=dt, Y=dt, RSTD="fp32"), ["stride_x", "stride_y", "D"], ["eps"], dict(BLOCK_D=4096), 8),
-    (rms._rms_norm_bwd_kernel, dict(DY=dt, X=dt, W=dt, RSTD="fp32", DX=dt, DW_PART="fp32"),
-     ["stride_dy", "stride_x", "stride_dx", "n_rows", "D", "rows_per_prog"], [], dict(BLOCK_D=4096), 8),
-    (sw._swiglu_fwd_kernel, dict(G=dt, U=dt, O=dt), ["n_rows", "D", "stride_g", "stride_u", "stride_o"], [],
-     dict(BLOCK_R=2, BLOCK_D=1024), 4),
-    (sw._swiglu_bwd_kernel, dict(DO=dt, G=dt, U=dt, DG=dt, DU=dt),
-     ["n_rows", "D", "stride_do", "stride_g", "stride_u", "stride_dg", "stride_du"], [], dict(BLOCK_R=2, BLOCK_D=1024), 4),
-    (rp._rope_kernel, dict(X=dt, COS="fp32", SIN="fp32", Y=dt),
-     ["H", "T", "HALF", "sxb", "sxh", "sxt", "syb", "syh", "syt", "sct", "sst"], [],
-     dict(INVERSE=True, BLOCK_T=32, BLOCK_H=64), 8),
-    (ce._ce_loss_grad_kernel, dict(LOGITS=dt, TARGETS="i64", LOSS="fp32", SCALE="fp32"), ["stride_l", "V", "ignore_index"], [],
-     dict(COMPUTE_GRAD=True, BLOCK_V=8192), 16),
-]
-for fn, ptrs, ints, floats, consts, warps in jobs:
-    names = fn.arg_names
-    signature = {}
-    for n in names:
-        if n in ptrs: signature[n] = "*" + ptrs[n]
-        elif n in consts: signature[n] = "constexpr"
-        elif n in floats: signature[n] = "fp32"
-        else: signature[n] = "i32"
-    k = compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=target, options={"num_warps": warps})
-    assert k.asm.get("cubin"), fn.__name__
-    print("compiled", fn.__name__, dt)
-"""
-
-
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_kernels_compile_for_sm90_without_a_gpu(dtype, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    try:
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except Exception as exc:  # pragma: no cover - other triton versions
-        pytest.skip(f"triton compiler API differs here: {exc!r}")
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path / "cache"))
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT, dtype], cwd=repo, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("compiled") == 6
+def test_check_backend_for_config_validation(monkeypatch):
+    assert check_backend("auto", "cpu") is None and check_backend("torch", "cpu") is None
+    assert check_backend("triton", "cuda") is None
+    problem = check_backend("cuda", "cuda")
+    assert "'cuda'" in problem and "('auto', 'triton', 'torch')" in problem  # names the value and the choices
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    problem = check_backend("triton", "cpu")
+    assert "needs a CUDA device" in problem and "TRITON_INTERPRET=1" in problem
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert check_backend("triton", "cpu") is None
 
 
 # ------------------------------------------------------------------------------------- GPU, bf16
@@ -440,6 +516,27 @@ def test_gpu_swiglu_bf16():
     _bf16_check(out, outr)
     _bf16_check(dg, dgr)
     _bf16_check(du, dur)
+
+
+@pytest.mark.gpu
+def test_gpu_packed_swiglu_and_rope_qk_bf16():
+    h = torch.randn(4096, 2 * 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    go = torch.randn(4096, 2048, device="cuda", dtype=torch.bfloat16)
+    (dh,) = torch.autograd.grad(swiglu_packed(h, backend="triton"), h, go)
+    hr = leaf(h, torch.float64)
+    (dhr,) = torch.autograd.grad(swiglu_reference(*hr.chunk(2, dim=-1)), hr, go.double())
+    _bf16_check(dh, dhr)
+    B, T, H, D = 4, 1024, 12, 64
+    base = torch.randn(B, T, 3 * H * D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = rope_tables(T, D, device="cuda")
+    out = rope_qk((base * 1).view(B, T, 3, H, D), cos, sin, backend="triton")
+    go = torch.randn_like(out)
+    (db,) = torch.autograd.grad(out, base, go)
+    br = leaf(base, torch.float64)
+    outr = rope_qk_reference(br.view(B, T, 3, H, D), cos.double(), sin.double())
+    (dbr,) = torch.autograd.grad(outr, br, go.double())
+    _bf16_check(out, outr)
+    _bf16_check(db, dbr)
 
 
 @pytest.mark.gpu

@@ -46,31 +46,51 @@ def test_wandb_mode_follows_api_key(monkeypatch, tmp_path):
     assert wandb_mode("online")[0] == "offline"  # the environment wins, as in wandb itself
 
 
-def test_wandb_failure_never_stops_training(monkeypatch, tmp_path, caplog):
-    class Broken:
+@pytest.mark.parametrize("failing", ["log", "summary", "finish"])
+def test_a_wandb_failure_is_reported_once_and_never_stops_training(monkeypatch, tmp_path, caplog, failing):
+    calls = []
+
+    class Flaky:
         def __init__(self):
-            self.summary = {}
+            self.summary = FlakyDict()
 
         def log(self, *a, **k):
-            raise ConnectionError("network down")
+            calls.append("log")
+            if failing == "log":
+                raise ConnectionError("network down")
 
         def finish(self):
-            raise ConnectionError("network down")
+            calls.append("finish")
+            if failing == "finish":
+                raise ConnectionError("network down")
 
-    fake = types.SimpleNamespace(init=lambda **kw: Broken())
-    monkeypatch.setitem(sys.modules, "wandb", fake)
+    class FlakyDict(dict):
+        def __setitem__(self, key, value):
+            calls.append("summary")
+            if failing == "summary":
+                raise ConnectionError("network down")
+            super().__setitem__(key, value)
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: Flaky()))
     log = WandbLogger(tmp_path, LoggerConfig(kind="wandb"), {}, "run", None)
-    log.log({"step": 1, "train_loss": 2.0})  # must not raise
+    log.log({"step": 1, "train_loss": 2.0})  # none of these may raise
     log.log({"step": 2, "train_loss": 1.0})
-    log.summary({"final_val_loss": 1.0})
+    log.summary({"final_val_loss": 1.0, "status": "completed"})
     log.close()
-    assert "wandb disabled for this run" in caplog.text
+    assert caplog.text.count("wandb disabled for this run") == 1
+    assert calls.count(failing) == 1  # after the failure wandb is left alone
+    first = calls.index(failing)
+    assert all(c != failing for c in calls[first + 1:])
 
+
+def test_wandb_that_cannot_start_leaves_no_run(monkeypatch, tmp_path, caplog):
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: (_ for _ in ()).throw(
         RuntimeError("no wandb here"))))
     log = WandbLogger(tmp_path, LoggerConfig(kind="wandb"), {}, "run", None)
     log.log({"step": 1, "train_loss": 2.0})
-    assert log.run_id is None
+    log.summary({"x": 1})
+    log.close()
+    assert log.run_id is None and caplog.text.count("wandb disabled for this run") == 1
 
 
 def test_wandb_and_jsonl_see_the_same_rows(monkeypatch, tmp_path):
@@ -100,6 +120,24 @@ def test_wandb_and_jsonl_see_the_same_rows(monkeypatch, tmp_path):
     assert Run.summary == {"final_val_loss": 2.5, "status": "completed"}
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows == [{"step": 5, "train_loss": 3.0, "mfu": None}]
+
+
+@pytest.mark.slow
+def test_training_with_wandb_offline_end_to_end(tmp_path):
+    """`python -m train logger=wandb` with wandb offline: the run gets a wandb id in its record, a local
+    wandb run folder, and the same metrics rows in metrics.jsonl."""
+    pytest.importorskip("wandb")
+    from tests.conftest import TINY, run_cli
+
+    run_dir = tmp_path / "run"
+    p = run_cli(["-m", "train", *TINY, "train.tokens=10240", "logger=wandb", f"hydra.run.dir={run_dir}"],
+                cache_dir=tmp_path / "cache", env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)},
+                timeout=300, check=True)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "completed" and s["wandb_run_id"]
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{s['wandb_run_id']}"))
+    assert any("train_loss" in json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines())
+    assert "wandb disabled" not in p.stderr
 
 
 @pytest.mark.slow

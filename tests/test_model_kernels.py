@@ -15,7 +15,7 @@ def rel_err(a, b):
     GPTConfig(vocab_size=130, seq_len=40, width=64, depth=1, heads=2, tied_embeddings=True),
 ], ids=["untied-seq67", "tied-seq40"])
 def test_triton_model_step_matches_torch(cfg):
-    torch.seed()  # fresh random weights and inputs each run
+    torch.manual_seed(cfg.seq_len)  # fixed: a failure reproduces
     ref = GPT(cfg.replace(kernels="torch"))
     tri = GPT(cfg.replace(kernels="triton"))
     tri.load_state_dict(ref.state_dict())

@@ -4,46 +4,17 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-# One tiny debug configuration reused by every test here: a 2-layer model on a capped stdlib corpus.
-TINY = [
-    "model.width=32", "model.depth=2", "model.heads=2", "model.seq_len=32",
-    "data.max_tokens=3000000", "data.val_tokens=4096",
-    "train.tokens=40960", "train.batch_tokens=1024", "train.eval_every=20", "train.ckpt_every=10",
-    "train.log_every=5", "train.min_steps=5", "optim.lr=3e-3",
-]
+from tests.conftest import REPO, TINY, metrics, run_train, summary
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("data-cache")
-
-
-def run_train(args, run_dir, cache_dir, check=True, timeout=300, env_extra=None):
-    env = {**os.environ, "SCALELAB_CACHE": str(cache_dir), "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "train", *args, f"hydra.run.dir={run_dir}"]
-    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"exit {p.returncode}\nSTDOUT:\n{p.stdout}\nSTDERR:\n{p.stderr}")
-    return p
-
-
-def summary(run_dir):
-    return json.loads((Path(run_dir) / "summary.json").read_text())
-
-
-def metrics(run_dir):
-    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_run_writes_complete_record_and_learns(tmp_path, cache_dir):
@@ -65,13 +36,57 @@ def test_run_writes_complete_record_and_learns(tmp_path, cache_dir):
     val_rows = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in val_rows] == [20, 40]
     assert val_rows[-1]["val_loss"] == pytest.approx(s["final_val_loss"])
-    # visibly learns: well below the uniform-prediction loss of a 256-token vocabulary
-    assert s["final_val_loss"] < math.log(256) - 1.0
+    assert s["final_val_loss"] < math.log(256) - 1.0  # well below a uniform guess over bytes
     assert train_rows[-1]["train_loss"] < train_rows[0]["train_loss"]
     for r in train_rows:
         assert {"step", "tokens", "flops", "train_loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(r)
     assert (run_dir / "config.yaml").read_text().count("width: 32") == 1
     assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == ["step_00000030.pt", "step_00000040.pt"]
+
+
+def unigram_entropy(data_cfg: dict) -> float:
+    """Entropy (nats) of the validation bytes' frequencies: the loss of the best model that ignores context."""
+    import numpy as np
+
+    from train.data import DataConfig, load
+
+    ds = load(DataConfig(**data_cfg), progress=False)
+    counts = np.bincount(np.asarray(ds.val.tokens[: data_cfg["val_tokens"] + 1]), minlength=256).astype(float)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def test_the_model_uses_context(tmp_path, cache_dir, monkeypatch):
+    """Below the corpus's byte-unigram entropy (what a model ignoring context reaches, ~3.1 nats) by a
+    clear margin: the model has learned from the bytes before each one."""
+    monkeypatch.setenv("SCALELAB_CACHE", str(cache_dir))
+    run_dir = tmp_path / "ctx"
+    run_train(TINY + ["train.tokens=204800", "train.eval_every=0", "train.ckpt_every=0"], run_dir, cache_dir)
+    h1 = unigram_entropy({"max_tokens": 3000000, "val_tokens": 4096})
+    assert 2.8 < h1 < 3.5  # the measuring stick itself is what it should be
+    assert summary(run_dir)["final_val_loss"] < h1 - 0.4, (summary(run_dir)["final_val_loss"], h1)
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, cache_dir):
+    """32 sequences per step as one micro-batch or as 4 micro-batches of 8: the same mean gradient."""
+    one, four = tmp_path / "one", tmp_path / "four"
+    run_train(TINY + ["train.tokens=10240"], one, cache_dir)
+    p = run_train(TINY + ["train.tokens=10240", "train.micro_batch=8"], four, cache_dir)
+    assert "4 micro-steps of 8 sequences" in p.stderr
+    assert abs(summary(one)["final_val_loss"] - summary(four)["final_val_loss"]) < 1e-6
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["optim.lr=1e30", "optim.warmup=0", "optim.grad_clip=0", "train.log_every=1"], "training loss is nan at step"),
+    (["optim.lr=1e30", "optim.warmup=0", "optim.grad_clip=0", "train.log_every=1000", "train.eval_every=1"],
+     "validation loss is nan at step 1"),
+    (["optim.lr=3", "optim.warmup=0", "optim.grad_clip=0", "train.log_every=1"], "training loss ran away at step"),
+], ids=["nan-train", "nan-val", "runaway"])
+def test_each_divergence_guard_records_its_own_reason(tmp_path, cache_dir, args, reason):
+    p = run_train(TINY + args, tmp_path / "div", cache_dir, check=False)
+    assert p.returncode == 0, p.stderr
+    s = summary(tmp_path / "div")
+    assert s["status"] == "diverged" and s["reason"].startswith(reason), s["reason"]
 
 
 def test_deterministic_on_cpu_and_seed_matters(tmp_path, cache_dir):
@@ -127,10 +142,7 @@ def test_sigkill_and_resume_reproduces_uninterrupted_loss(tmp_path, cache_dir):
     run_train(args, ref, cache_dir)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "SCALELAB_CACHE": str(cache_dir), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, f"hydra.run.dir={killed}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = run_train(args, killed, cache_dir, wait=False)
     deadline = time.time() + 240
     # kill between checkpoints, after the second one: the run must redo steps it had done
     while time.time() < deadline:
@@ -143,7 +155,7 @@ def test_sigkill_and_resume_reproduces_uninterrupted_loss(tmp_path, cache_dir):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert summary(killed)["status"] == "running"  # no completion claimed by a killed run
 
     p = run_train(args + ["train.resume=auto"], killed, cache_dir)
@@ -156,31 +168,46 @@ def test_sigkill_and_resume_reproduces_uninterrupted_loss(tmp_path, cache_dir):
     assert steps == sorted(set(steps)) and steps == [r["step"] for r in metrics(ref) if "train_loss" in r]
 
 
+# (overrides, what the one-line message must name: the key, the bad value and, where there is a list, the valid ones)
 BAD_INPUTS = [
-    (["model.width=30", "model.heads=4"], "model.width=30 is not divisible by model.heads=4"),
-    (["model.depth=0"], "model.depth"),
-    (["model.seq_len=-8"], "model.seq_len"),
-    (["train.tokens=0"], "train.tokens"),
-    (["+model.wdth=64"], "wdth"),
-    (["optim.lr=-0.1"], "optim.lr"),
-    (["train.batch_tokens=1048576"], "larger than the whole run"),
-    (["train.batch_tokens=1000"], "multiple of model.seq_len"),
-    (["data=text", "data.path=/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
-    (["optim.schedule=linear"], "optim.schedule"),
-    (["model.kernels=cuda"], "model.kernels"),
-    (["logger=tensorboard"], "logger"),
+    (["model.width=30", "model.heads=4"], ["model.width=30", "model.heads=4", "valid heads", "[1, 2, 3]"]),
+    (["model.depth=0"], ["model.depth", "positive integer", "got 0"]),
+    (["model.seq_len=-8"], ["model.seq_len", "-8"]),
+    (["model.shape=32x2"], ["model.shape", "WIDTHxDEPTHxHEADS", "'32x2'"]),
+    (["train.tokens=0"], ["train.tokens", "got 0"]),
+    (["train.tokens=abc"], ["train.tokens", "'abc'", "a number"]),
+    (["+model.wdth=64"], ["model.wdth", "did you mean model.width"]),
+    (["model.wdth=64"], ["model.wdth", "did you mean model.width"]),
+    (["optim.lr=-0.1"], ["optim.lr", "-0.1", "positive"]),
+    (["optim.min_lr_ratio=2"], ["optim.min_lr_ratio", "[0, 1]", "2.0"]),
+    (["optim.wsd_decay=0"], ["optim.wsd_decay", "(0, 1]", "0.0"]),
+    (["optim.beta2=1.5"], ["optim.beta2", "[0, 1)", "1.5"]),
+    (["optim.beta1=-0.1"], ["optim.beta1", "[0, 1)", "-0.1"]),
+    (["optim.decay_shape=cubic"], ["optim.decay_shape", "'cubic'", "linear", "sqrt"]),
+    (["train.diverge_ratio=0.5"], ["train.diverge_ratio", "> 1", "0.5"]),
+    (["train.budget=1e10", "train.tokens_per_param=20"], ["train.budget", "train.tokens_per_param", "choose one"]),
+    (["train.micro_batch=5"], ["train.micro_batch=5", "32 sequences", "[1, 2, 4, 8, 16, 32]"]),
+    (["train.init_step=3"], ["train.init_from", "train.init_step", "together"]),
+    (["train.batch_tokens=1048576"], ["train.batch_tokens=1048576", "larger than the whole run", "<= 40960"]),
+    (["train.batch_tokens=1000"], ["train.batch_tokens=1000", "multiple of model.seq_len", "992 or 1024"]),
+    (["data=text", "data.path=/nonexistent/corpus.txt"], ["/nonexistent/corpus.txt"]),
+    (["data.tokenizer=foo"], ["data.tokenizer='foo'", "bytes, bpe, gpt2"]),
+    (["optim.schedule=linear"], ["optim.schedule", "'linear'", "cosine", "wsd", "constant"]),
+    (["model.kernels=cuda"], ["model.kernels", "'cuda'", "auto", "triton", "torch"]),
+    (["logger=tensorboard"], ["logger=tensorboard", "jsonl, none, wandb"]),
+    (["sweep.preset=cpu"], ["sweep.preset='cpu'", "+sweep=NAME"]),
 ]
 
 
-@pytest.mark.parametrize("override, fragment", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_is_a_clear_error(tmp_path, cache_dir, override, fragment):
+@pytest.mark.parametrize("override, fragments", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_a_clear_error(tmp_path, cache_dir, override, fragments):
     run_dir = tmp_path / "bad"
     p = run_train(TINY + override, run_dir, cache_dir, check=False, timeout=120)
-    assert p.returncode != 0
-    assert fragment in p.stderr, p.stderr
-    assert "Traceback" not in p.stderr, p.stderr
-    s = (run_dir / "summary.json")
-    assert not s.exists() or json.loads(s.read_text())["status"] != "completed"
+    assert p.returncode == 2, p.stderr
+    for fragment in fragments:
+        assert fragment in p.stderr, (fragment, p.stderr)
+    assert "Traceback" not in p.stderr and p.stderr.count("error:") == 1, p.stderr
+    assert not run_dir.exists(), sorted(run_dir.iterdir())  # nothing left behind that claims anything
 
 
 def test_corrupt_shard_is_a_clear_error(tmp_path, cache_dir):
@@ -193,6 +220,17 @@ def test_corrupt_shard_is_a_clear_error(tmp_path, cache_dir):
     p = run_train(TINY + ["data=bin", f"data.path={folder}", "data.vocab_size=256"], tmp_path / "run", cache_dir,
                   check=False)
     assert p.returncode != 0 and "val.bin" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_unwritable_default_runs_folder_is_a_clear_error(tmp_path, cache_dir):
+    from tests.conftest import run_cli
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "runs").write_text("a file where the runs/ folder belongs")  # fails for root too
+    p = run_cli(["-m", "train", *TINY], cache_dir=cache_dir, cwd=cwd, timeout=120)
+    assert p.returncode == 2 and "runs" in p.stderr and "hydra.run.dir=PATH" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
 
 
 def test_unwritable_output_folder_is_a_clear_error(tmp_path, cache_dir):

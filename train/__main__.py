@@ -20,15 +20,20 @@ def preflight(argv) -> None:
     an output folder that cannot be written (Hydra creates it before any of our code runs), an unknown
     key or a value of the wrong type."""
     for arg in argv:
-        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
-            if arg.startswith(key) and "${" not in arg:
-                problem = check_writable(arg[len(key):])
-                if problem:
-                    log.error(f"{problem}; choose another with {key}PATH")
-                    sys.exit(2)
         problem = check_override(arg)
         if problem:
             log.error(problem)
+            sys.exit(2)
+    folders = [(a.split("=", 1)[0], a.split("=", 1)[1]) for a in argv
+               if a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) and "${" not in a]
+    sweep = any(a.startswith("+sweep=") for a in argv)
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    if not any(k == key for k, _ in folders):
+        folders.append((key, "runs"))  # the default output folders live under runs/
+    for key, folder in folders:
+        problem = check_writable(folder)
+        if problem:
+            log.error(f"{problem}; choose another with {key}=PATH")
             sys.exit(2)
 
 

@@ -10,9 +10,12 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Dict, List, Optional
+
+from pathlib import Path
 
 from model.config import ConfigError, GPTConfig
+from train import testtime
 from train.data import DataConfig, DataError
 from train.record import ROLES
 
@@ -33,8 +36,10 @@ def _model_schema():
 
 ModelSchema = _model_schema()
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "sqrt")
+SWEEP_SCHEDULES = ("forks", "cosine")
 LR_RULES = ("porian", "deepseek")
 BATCH_RULES = ("porian", "deepseek")
 RESUME = ("auto", "never")
@@ -103,13 +108,64 @@ class LoggerConfig:
 
 
 @dataclass
+class TestTimeConfig:
+    """Repeated sampling on the task corpus's held-out problems once training completed (train/testtime.py;
+    needs data=tasks). Off by default; the testtime sweep switches it on for every job."""
+
+    __test__ = False  # not a pytest test class
+    enabled: bool = False
+    n_samples: int = 32  # samples per held-out problem: pass@k and majority@k for k = 1..n_samples
+    temperature: float = 1.0  # 0: greedy (every sample the same)
+    top_k: Optional[int] = None  # sample among the top_k most likely tokens (null: all)
+    seed: int = 0  # the sampler's random generator
+    max_rows: int = 512  # sequences decoded together (memory vs speed; one problem's samples stay together)
+
+
+@dataclass
+class ShapeFamily:
+    """Model shapes of one family (sweeps/plan.py): depth grows with width at a fixed aspect ratio
+    (width / depth), heads of a fixed head dim, widths on a grid of `width_step`."""
+
+    aspect: float = 32.0
+    head_dim: int = 16
+    width_step: int = 8
+    max_depth: int = 48
+
+
+@dataclass
+class PresetConfig:
+    """One preset of a sweep (conf/sweep/*.yaml), what sweeps/plan.py plans from. Keys a sweep does not
+    use keep their defaults; `python -m sweeps.plan SWEEP --preset P` shows the jobs a preset makes."""
+
+    overrides: List[str] = field(default_factory=list)  # settings every job gets (model.seq_len=..., data=...)
+    budgets: List[float] = field(default_factory=list)  # chinchilla: FLOP budgets (exact count)
+    points: int = 9  # chinchilla: shapes per budget, centred on the predicted optimum
+    step_decades: float = 0.125  # chinchilla: spacing of a budget's shapes in N (log10)
+    prior: Optional[str] = None  # where N_opt(C) comes from: null = tokens_per_param; or a fit.json path
+    tokens_per_param: float = 20.0  # the prior's D/N (chinchilla); the trained D/N (shape, testtime sweeps)
+    sizes: List[float] = field(default_factory=list)  # tokens / testtime sweeps: total parameters per model
+    multiples: List[float] = field(default_factory=list)  # tokens sweep: tokens per parameter
+    target_params: Optional[float] = None  # shape sweep: the fixed total parameter count
+    depths: List[int] = field(default_factory=list)  # shape sweep: the depths tried at target_params
+    family: ShapeFamily = field(default_factory=ShapeFamily)
+    cooldown: float = 0.2  # forks: the cooldown's share of each budget's steps (1 - sqrt shape, to 0)
+    eval_points: int = 10  # evaluations per run (the curves approach 1 reads); the last on the full val set
+    eval_tokens: Optional[int] = None  # tokens of the intermediate evaluations (null: the full val set)
+    min_steps: int = 20
+    max_tokens_per_param: float = 400.0
+    bootstrap: Optional[int] = None  # end-of-sweep fit: bootstrap replicates (null: the fitter's default)
+    grid: Optional[str] = None  # end-of-sweep fit: approach-3 grid (null: the fitter's default)
+
+
+@dataclass
 class SweepConfig:
     """Set by conf/sweep/*.yaml; empty for a single run."""
 
     name: Optional[str] = None
-    preset: str = "auto"
-    presets: Any = None
-    fit: bool = True  # run the fit and report when the multirun ends
+    preset: str = "auto"  # auto: gpu when CUDA is visible, else cpu
+    presets: Dict[str, PresetConfig] = field(default_factory=dict)
+    schedule: str = "forks"  # forks: one constant-lr trunk per shape, a cooldown fork per budget; cosine: one run each
+    fit: bool = True  # run the fit and report when the sweep ends
     job: Optional[str] = None  # this job's name in the sweep (set by the sweep's planner)
     role: str = "run"  # run | trunk (a constant-lr run that cooldown forks branch from) | fork
 
@@ -122,6 +178,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    testtime: TestTimeConfig = field(default_factory=TestTimeConfig)
 
 
 def register_configs() -> None:
@@ -181,6 +238,7 @@ class RunConfig:
     train: TrainConfig
     logger: LoggerConfig
     sweep: SweepConfig
+    testtime: TestTimeConfig = field(default_factory=TestTimeConfig)
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(**{**self.model, "vocab_size": self.model["vocab_size"] or vocab_size})
@@ -215,6 +273,8 @@ def _check_known_keys(cfg, schema, prefix: str = "") -> None:
 
 def _scalar_kind(annotation) -> Optional[type]:
     """int, float or bool for a (possibly Optional) scalar field type, else None."""
+    if typing.get_origin(annotation) not in (None, typing.Union):
+        return None  # List[...], Dict[...]: Hydra's parser and the schema check them
     args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     return args[0] if len(args) == 1 and args[0] in (int, float, bool) else None
 
@@ -227,39 +287,49 @@ def check_override(arg: str) -> Optional[str]:
         return None
     key, value = arg.split("=", 1)
     parts = key.split(".")
-    if len(parts) < 2 or "/" in key:
+    if "/" in key:
         return None
-    schema = Config
-    for depth, name in enumerate(parts):
+    if len(parts) == 1:  # a group choice such as data=text: the option must exist under conf/<group>/
+        options = sorted(f.stem for f in (CONF / key).glob("*.yaml")) if (CONF / key).is_dir() else None
+        if options and value not in options:
+            return f"{key}={value} is not an option of {key}; valid: {', '.join(options)}"
+        return None
+    schema, depth = Config, 0
+    while depth < len(parts):
+        name = parts[depth]
         fields = {f.name: f for f in dataclasses.fields(schema)}
         if name not in fields:
             prefix = ".".join(parts[:depth])
             guess = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {prefix}.{guess[0]}?)" if guess else ""
             return (f"unknown config key {key}{hint}; valid keys under {prefix}: {', '.join(sorted(fields))}")
+        hint = typing.get_type_hints(schema)[name]
         f = fields[name]
-        sub = f.default_factory if dataclasses.is_dataclass(getattr(f, "default_factory", None)) else None
-        if sub is None:
-            if depth != len(parts) - 1:
-                return None  # a free-form value such as sweep.presets: checked where it is used
-            kind = _scalar_kind(typing.get_type_hints(schema)[name])
-            if kind is None or value in ("null", "") or "${" in value:
-                return None
-            try:
-                if kind is bool:
-                    if value.lower() not in ("true", "false"):
-                        raise ValueError
-                elif kind is int:
-                    number = float(value)
-                    if not number.is_integer():
-                        raise ValueError
-                else:
-                    float(value)
-            except ValueError:
-                want = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
-                return f"{key} must be {want}, got {value!r}"
-            return None
-        schema = sub
+        if dataclasses.is_dataclass(getattr(f, "default_factory", None)):
+            schema, depth = f.default_factory, depth + 1
+            continue
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(args[1]) and depth + 2 < len(parts):
+            schema, depth = args[1], depth + 2  # sweep.presets.<name>.<key>: the dict's values are typed
+            continue
+        if depth != len(parts) - 1:
+            return None  # a free-form value
+        kind = _scalar_kind(hint)
+        if kind is None or value in ("null", "") or "${" in value or any(c in value for c in ",()["):
+            return None  # lists, and Hydra's sweep syntax (0,1,2 / range(...) / choice(...)): checked per job
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+            elif kind is int:
+                if not float(value).is_integer():
+                    raise ValueError
+            else:
+                float(value)
+        except ValueError:
+            want = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+            return f"{key} must be {want}, got {value!r}"
+        return None
     return None
 
 
@@ -335,8 +405,10 @@ def validate(cfg) -> RunConfig:
     _one_of("logger.mode", lg.mode, WANDB_MODES)
     sw = obj.sweep
     _one_of("sweep.role", sw.role, ROLES)
-    if sw.name is None and (sw.preset != "auto" or sw.presets or sw.job or sw.role != "run"):
+    _one_of("sweep.schedule", sw.schedule, SWEEP_SCHEDULES)
+    if sw.name is None and (sw.preset != "auto" or sw.presets or sw.job):
         raise ConfigError(f"sweep settings given (sweep.preset={sw.preset!r}) but no sweep is chosen; "
                           "add +sweep=NAME (chinchilla, shape, tokens or testtime), e.g. "
                           "python -m train +sweep=chinchilla sweep.preset=smoke")
-    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=sw)
+    testtime.check_settings(obj.testtime, obj.data, model["seq_len"])
+    return RunConfig(model=model, data=obj.data, optim=o, train=t, logger=lg, sweep=sw, testtime=obj.testtime)

@@ -18,6 +18,7 @@ import os
 import platform
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import urlparse
@@ -110,19 +111,20 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def versions(libraries=("torch", "triton", "numpy", "hydra", "wandb")) -> dict:
-    """Python and library versions for records and results (the libraries that import; CUDA's with torch's)."""
+def versions(libraries=("torch", "triton", "numpy", "hydra-core", "wandb")) -> dict:
+    """Python and installed library versions for records and results (from the package metadata: nothing is
+    imported for it, wandb's import alone takes a second); CUDA's version when torch is already loaded."""
+    from importlib import metadata
+
     v = {"python": platform.python_version()}
     for name in libraries:
         try:
-            v[name] = __import__(name).__version__
-        except Exception:
+            v[name.removesuffix("-core")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             pass
-    if "torch" in libraries and "torch" in v:
-        import torch
-
-        if torch.cuda.is_available():
-            v["cuda"] = torch.version.cuda
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        v["cuda"] = torch.version.cuda
     return v
 
 

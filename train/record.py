@@ -76,6 +76,7 @@ class RunSummary:
     steps_done: Optional[int] = None
     tokens_done: Optional[int] = None
     resumed_from: Optional[str] = None  # the checkpoint the last attempt continued from
+    testtime: Optional[Dict[str, Any]] = None  # repeated sampling after training (train/testtime.py), if enabled
 
     # where and with what
     world_size: Optional[int] = None

@@ -33,6 +33,7 @@ from model.flops import FlopCounts, ParamCounts, flops_per_token, mfu, param_cou
 from model.gpt import GPT
 from train import distributed as D
 from train import log as logs
+from train import testtime
 from train.checkpoint import Checkpointer, CheckpointError, load_step
 from train.config import RunConfig, validate
 from train.data import DataError, Dataset, TrainSequences, load, val_batches
@@ -94,6 +95,7 @@ class Prepared:
     flops: FlopCounts
     plan: Plan
     sequences: TrainSequences
+    micro: int  # sequences per micro-step
     identity: dict
     skip: Optional[str]
 
@@ -147,7 +149,7 @@ def execute(cfg, run_dir, yaml_text: str, overrides: tuple = ()) -> int:
             record.write_config(yaml_text, overrides)
             record.write()
         return _train(run, run_dir, prep, info, record, signals)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CheckpointError) as e:
         if record:
             record.write("failed", str(e), wall_s=time.time() - started)
         return _bad_input(str(e), run_dir, in_sweep, recorded=record is not None)
@@ -160,11 +162,13 @@ def execute(cfg, run_dir, yaml_text: str, overrides: tuple = ()) -> int:
         log.error(f"interrupted by {e} before training started; relaunch the same command to start")
         return 128 + e.signum
     except Exception as e:
-        tb = traceback.format_exc()
+        where = ""
+        if info.is_main:
+            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+            where = f" (traceback in {run_dir / ERROR_FILE})"
         if record:
-            (run_dir / ERROR_FILE).write_text(tb)
             record.write("failed", f"{type(e).__name__}: {e}", wall_s=time.time() - started)
-        log.error(f"run failed: {type(e).__name__}: {e} (traceback in {run_dir / ERROR_FILE})")
+        log.error(f"run failed: {type(e).__name__}: {e}{where}")
         return 0 if in_sweep else EXIT_FAILED
     finally:
         lock.release()
@@ -177,7 +181,7 @@ def _bad_input(message: str, run_dir: Path, in_sweep: bool, recorded: bool = Fal
     a single run leaves behind no folder that was made only for this attempt."""
     log.error(message)
     if in_sweep:
-        if not recorded:
+        if not recorded and load_summary(run_dir)[0] is None:  # never over a record of an earlier attempt
             try:
                 RunRecord(run_dir).write("failed", f"bad config: {message}")
             except OSError:
@@ -225,7 +229,9 @@ def _prepare(run: RunConfig, info: D.DistInfo) -> Prepared:
     counts, flops = param_counts(gpt), flops_per_token(gpt)
     plan = plan_run(run.optim, t, gpt.seq_len, info.world_size, counts.non_embedding, flops.exact)
     sequences = TrainSequences(data.train, gpt.seq_len, t.seed)
-    return Prepared(data=data, gpt=gpt, counts=counts, flops=flops, plan=plan, sequences=sequences,
+    micro = micro_batch_size(plan.batch_tokens // gpt.seq_len // info.world_size, gpt.seq_len, t.micro_batch,
+                             info.device.type)
+    return Prepared(data=data, gpt=gpt, counts=counts, flops=flops, plan=plan, sequences=sequences, micro=micro,
                     identity=run_identity(run, gpt, plan, data.fingerprint(), info),
                     skip=_skip_reason(plan, t, sequences.unique_tokens))
 
@@ -245,12 +251,15 @@ def run_identity(run: RunConfig, gpt: GPTConfig, plan: Plan, data_fingerprint: d
         "batch_tokens": plan.batch_tokens, "steps": plan.steps, "tokens": plan.tokens, "seed": t.seed,
         "precision": "bf16" if _bf16(run, info) else "fp32",
         "init": {"from": str(Path(t.init_from).resolve()), "step": t.init_step} if t.init_from else None,
+        # the sampling after training is part of the result when enabled (max_rows only groups the work)
+        **({"testtime": {k: v for k, v in dataclasses.asdict(run.testtime).items() if k != "max_rows"}}
+           if run.testtime.enabled else {}),
     }
 
 
 # What a cooldown fork shares with its trunk: everything but the schedule's end and the run's length.
 _FORK_FREE = ("optim.schedule", "optim.min_lr_ratio", "optim.wsd_decay", "optim.decay_shape", "steps", "tokens",
-              "init")
+              "init", "testtime")
 
 
 def legacy_identity(s: RunSummary) -> dict:
@@ -382,8 +391,7 @@ def _train(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, reco
     logger = make_logger(run.logger, run_dir, info.rank, state["loop"]["step"] if state and not t.init_from else 0,
                          _flat_config(run), t.name or run_dir.name,
                          resume_id=state.get("wandb_run_id") if state and origin == "resume" else None)
-    micro = micro_batch_size(plan.batch_tokens // gpt.seq_len // info.world_size, gpt.seq_len, t.micro_batch,
-                             info.device.type)
+    micro = prep.micro
     val = val_batches(prep.data.val, gpt.seq_len, run.data.val_tokens, micro)
     subset = len(val) if t.eval_tokens is None else max(1, min(len(val), -(-t.eval_tokens // (micro * gpt.seq_len))))
     data = TrainData(sequences=prep.sequences, val_batches=val, val_subset=subset, micro=micro,
@@ -407,7 +415,7 @@ def _train(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, reco
         result = trainer.fit()
     finally:
         signals.in_loop = False
-    return _report(run, run_dir, prep, info, record, result, logger, signals)
+    return _report(run, run_dir, prep, info, record, result, logger, signals, wrapped)
 
 
 def _build(run: RunConfig, gpt: GPTConfig, prep: Prepared, info: D.DistInfo):
@@ -473,7 +481,7 @@ def _loop_settings(run: RunConfig, plan: Plan, info: D.DistInfo) -> LoopSettings
 
 
 def _report(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, record: Optional[RunRecord], result,
-            logger, signals: StopSignals) -> int:
+            logger, signals: StopSignals, model) -> int:
     st, plan, fpt = result.state, prep.plan, prep.flops.exact
     tokens_per_s = st.step * plan.batch_tokens / st.train_seconds if st.train_seconds > 0 else None
     fields: dict[str, Any] = dict(
@@ -493,6 +501,9 @@ def _report(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, rec
         status = "failed"
         reason = (f"interrupted ({result.reason}) at step {st.step} of {plan.steps}; a checkpoint was saved, "
                   "relaunch the same command to resume")
+    if run.testtime.enabled and status == "completed":  # if it fails, the run fails: a relaunch samples again
+        fields["testtime"] = testtime.evaluate_run(run, run_dir, model, prep.data, info, logger, st.step,
+                                                   _bf16(run, info))
     logger.summary({**fields, "status": status})
     logger.close()
     if record:
@@ -510,6 +521,6 @@ def _report(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, rec
 
 def _flat_config(run: RunConfig) -> dict:
     out = {"model": run.model}
-    for key in ("data", "optim", "train", "logger"):
+    for key in ("data", "optim", "train", "logger", "testtime"):
         out[key] = dataclasses.asdict(getattr(run, key))
     return out

@@ -13,12 +13,15 @@ run resumes to the same batches after an upgrade.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from train.log import get_logger
+
 from .config import DataError
+
+log = get_logger("data")
 
 
 def _tokens(shard: Any) -> np.ndarray:
@@ -93,9 +96,6 @@ class TrainSequences:
             out[m] = self.permutation(int(e))[pos[m]]
         return out
 
-    def epoch(self, index: int) -> int:
-        return int(index) // self.count
-
     def get_numpy(self, start: int, n: int) -> np.ndarray:
         """(n, seq_len + 1) array of the windows of sequences start..start+n-1 (shard dtype)."""
         w = self.windows(start, n)
@@ -105,39 +105,26 @@ class TrainSequences:
         return _to_tensors(self.get_numpy(start, n))
 
 
-def val_windows(n_tokens: int, seq_len: int, val_tokens: int) -> int:
-    """How many validation windows val_batches makes."""
-    return (min(val_tokens + 1, n_tokens) - 1) // seq_len if n_tokens > 0 else 0
-
-
 def val_batches(shard: Any, seq_len: int, val_tokens: int, batch_size: int) -> List[Tuple[Any, Any]]:
     """The fixed validation set: the first `val_tokens` target tokens of the val split, cut into
     windows of seq_len + 1 tokens starting at multiples of seq_len (as for training), in order,
     grouped into batches of `batch_size` windows (the last may be smaller). Identical for
     every run with the same data and seq_len."""
     if seq_len < 1 or batch_size < 1 or val_tokens < 1:
-        raise DataError(
-            f"val_batches needs positive seq_len, val_tokens and batch_size; got {seq_len}, {val_tokens}, {batch_size}"
-        )
+        raise DataError(f"val_batches needs positive seq_len, val_tokens and batch_size; got {seq_len}, "
+                        f"{val_tokens}, {batch_size}")
     toks = _tokens(shard)
     n = int(toks.shape[0])
     if n < seq_len + 1:
-        raise DataError(
-            f"the val split has {n} tokens, fewer than model.seq_len + 1 = {seq_len + 1}: raise "
-            "data.val_fraction, use a larger corpus or a shorter model.seq_len"
-        )
+        raise DataError(f"the val split has {n} tokens, fewer than model.seq_len + 1 = {seq_len + 1}: raise "
+                        "data.val_fraction, use a larger corpus or a shorter model.seq_len")
     if val_tokens < seq_len:
-        raise DataError(
-            f"data.val_tokens={val_tokens} is smaller than model.seq_len={seq_len}: the validation set "
-            "would hold no whole window; raise data.val_tokens"
-        )
+        raise DataError(f"data.val_tokens={val_tokens} is smaller than model.seq_len={seq_len}: the validation "
+                        "set would hold no whole window; raise data.val_tokens")
+    count = (min(val_tokens + 1, n) - 1) // seq_len
     if n < val_tokens + 1:
-        warnings.warn(
-            f"the val split has {n} tokens, fewer than data.val_tokens={val_tokens}; validating on "
-            f"the {((n - 1) // seq_len) * seq_len} target tokens there are",
-            stacklevel=2,
-        )
-    count = val_windows(n, seq_len, val_tokens)
+        log.warning("data: the val split has %d tokens, fewer than data.val_tokens=%d; validating on the %d target "
+                    "tokens there are", n, val_tokens, count * seq_len)
     arr = np.asarray(toks[: count * seq_len + 1])
     offsets = np.arange(seq_len + 1, dtype=np.int64)
     batches = []
