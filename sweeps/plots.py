@@ -19,14 +19,23 @@ KAPLAN_A = 0.73  # N_opt ~ C^0.73, D_opt ~ C^0.27 (Kaplan et al. 2020)
 SIX_ND = FlopsRelation(np.ones(1), np.ones(1))  # C = 6 N D
 
 
-def _figure(ncols=1, width=6.4, height=4.6):
+def new_figure(ncols=1, width=6.4, height=4.6, nrows=1):
+    """(figure, its axes row by row in one list): an Agg canvas of its own, so no pyplot state is touched
+    (also used by sweeps.testtime.plots)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * ncols, height), dpi=110)
+    fig = Figure(figsize=(width * ncols, height * nrows), dpi=110)
     FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axes
+
+
+def save_figure(fig, path):
+    """Lay out and write a figure as PNG; returns the path as a string."""
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return str(path)
 
 
 def _compact(v, _pos=None):
@@ -81,7 +90,7 @@ def tick_label_problems(fig):
     return problems
 
 
-def _colors(n):
+def colors(n):
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
@@ -132,8 +141,8 @@ def build_isoflop(fit, curves=None):
     r2 = fit.approach2
     if not r2.budgets:
         return f"no IsoFLOP budgets (approach 2 {r2.status}: {r2.reason})"
-    fig, (ax,) = _figure()
-    for b, col in zip(r2.budgets, _colors(len(r2.budgets))):
+    fig, (ax,) = new_figure()
+    for b, col in zip(r2.budgets, colors(len(r2.budgets))):
         N, L = np.array(b.N), np.array(b.loss)
         if b.excluded:
             ax.scatter(N, L, facecolors="none", edgecolors=[col], s=28, label=f"C={b.C:.2g} (excluded)")
@@ -164,7 +173,7 @@ def build_frontier(fit, curves=None):
         return "no fitted frontier"
     C = np.logspace(np.log10(rng[0]), np.log10(rng[1]), 60)
     rel = _relation(fit)
-    fig, (axN, axD) = _figure(2)
+    fig, (axN, axD) = new_figure(2)
     for which, ax in (("N", axN), ("D", axD)):
         k = 0 if which == "N" else 1
         key = "a" if which == "N" else "b"
@@ -228,7 +237,7 @@ def build_loss_vs_compute(fit, curves=None):
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
 
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     Ns = [p["N"] for p in pts] + [c["N"] for c in curves]
     norm = LogNorm(vmin=min(Ns), vmax=max(Ns) * 1.0001)
     cmap = colormaps["viridis"]
@@ -273,7 +282,7 @@ def build_residuals(fit, curves=None):
         return "approach 3 not fitted"
     res = np.array(r3.residuals_log)
     N, D, C = (np.array([p[k] for p in pts]) for k in ("N", "D", "C"))
-    fig, (a1, a2) = _figure(2, width=5.2)
+    fig, (a1, a2) = new_figure(2, width=5.2)
     for ax, x, lab in ((a1, N, f"N ({fit.params_convention} parameters)"), (a2, D / N, "tokens per parameter D/N")):
         sc = ax.scatter(x, res, c=np.log10(C), cmap="viridis", s=16)
         ax.axhline(0, color="k", lw=0.8)
@@ -297,8 +306,8 @@ def build_shape(fit, curves=None):
         return "no runs of the shape sweep in this folder"
     ne = np.array([float(r.get("params_non_embedding") or r.get("N")) for r in runs])
     groups = _clusters(ne)  # the sweep's target N, give or take the rounding of width and depth
-    fig, (ax,) = _figure()
-    for (n, idx), col in zip(sorted(groups.items()), _colors(len(groups))):
+    fig, (ax,) = new_figure()
+    for (n, idx), col in zip(sorted(groups.items()), colors(len(groups))):
         rs = sorted((runs[i] for i in idx), key=lambda r: r["width"] / r["depth"])
         ax.plot([r["width"] / r["depth"] for r in rs], [r["loss"] for r in rs], "o-", color=col,
                 label=f"N_non-emb ~ {n:.2g}")
@@ -314,8 +323,8 @@ def build_tokens(fit, curves=None):
     if not runs:
         return "no runs of the tokens sweep in this folder"
     groups = _clusters(np.array([float(r["N"]) for r in runs]), 0.01)
-    fig, (ax,) = _figure()
-    for (n, idx), col in zip(sorted(groups.items()), _colors(len(groups))):
+    fig, (ax,) = new_figure()
+    for (n, idx), col in zip(sorted(groups.items()), colors(len(groups))):
         rs = sorted((runs[i] for i in idx), key=lambda r: r["D"] / r["N"])
         ax.plot([r["D"] / r["N"] for r in rs], [r["loss"] for r in rs], "o-", color=col, label=f"N = {n:.3g}")
     ax.axvline(20, color="gray", ls=":", lw=1, label="20 tokens/parameter")
@@ -351,8 +360,7 @@ def save_plots(fit, folder, curves=None):
                 target.unlink(missing_ok=True)  # a plot of an earlier fit must not outlive it
                 out[name] = fig
                 continue
-            fig.savefig(target, format="png")
-            out[name] = str(target)
+            out[name] = save_figure(fig, target)
         except Exception as e:
             out[name] = f"plot failed: {e.__class__.__name__}: {e}"
     return out

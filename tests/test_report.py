@@ -159,9 +159,9 @@ def test_plotted_envelope_never_above_a_measured_point(tmp_path, points):
 
 def test_tick_label_check_catches_unlabelled_axes():
     """The check itself can fail: a log axis over half a decade with matplotlib's default ticks has no label."""
-    from sweeps.plots import _figure, tick_label_problems
+    from sweeps.plots import new_figure, tick_label_problems
 
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     ax.plot([2e4, 6e4], [1.0, 2.0])
     ax.set_xscale("log")
     ax.set_xlim(2e4, 6e4)

@@ -7,33 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sweeps.plots import colors, new_figure, save_figure
 from sweeps.testtime.frontier import total_compute
 from sweeps.testtime.powerlaw import predict
 
 METRIC_NAMES = {"pass_at_k": "pass@k (perfect verifier)", "majority_at_k": "majority vote@k (no verifier)"}
-
-
-def _figure(nrows=1, ncols=1, width=5.6, height=4.2):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height * nrows), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = [[fig.add_subplot(nrows, ncols, r * ncols + c + 1) for c in range(ncols)] for r in range(nrows)]
-    return fig, axes
-
-
-def _save(fig, path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return str(path)
-
-
-def _colors(n):
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return [cmap(0.05 + 0.8 * i / max(1, n - 1)) for i in range(n)]
 
 
 def _series(block, metric):
@@ -56,8 +34,8 @@ def passk_curves(data, path):
     models = data["models"]
     if not models:
         return "no models"
-    fig, ((left, right),) = _figure(1, 2)
-    for m, color in zip(models, _colors(len(models))):
+    fig, (left, right) = new_figure(ncols=2, width=5.6, height=4.2)
+    for m, color in zip(models, colors(len(models))):
         ks, mean, lo, hi = _series(m, "pass_at_k")
         left.plot(ks, mean, "o-", ms=3, color=color, label=label(m))
         left.fill_between(ks, lo, hi, color=color, alpha=0.15, lw=0)
@@ -85,7 +63,7 @@ def passk_curves(data, path):
     right.set_title("-log pass@k = a k^-b (dashed)")
     if right.get_legend_handles_labels()[0]:
         right.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def majority_vs_passk(data, path):
@@ -93,8 +71,8 @@ def majority_vs_passk(data, path):
     models = [m for m in data["models"] if "majority_at_k" in m]
     if not models:
         return "no majority-vote counts"
-    fig, ((ax,),) = _figure(1, 1, width=6.4, height=4.6)
-    for m, color in zip(models, _colors(len(models))):
+    fig, (ax,) = new_figure()
+    for m, color in zip(models, colors(len(models))):
         ks, p, _, _ = _series(m, "pass_at_k")
         ax.plot(ks, p, "-", color=color, label=f"{label(m)} pass@k")
         ks, v, lo, hi = _series(m, "majority_at_k")
@@ -106,7 +84,7 @@ def majority_vs_passk(data, path):
     ax.set_title("pass@k (solid) vs majority vote (dashed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def frontier(data, path):
@@ -122,12 +100,12 @@ def frontier(data, path):
     if not metrics or not buckets:
         return "no frontier in testtime.json"
     q = data["queries"]
-    fig, axes = _figure(len(metrics), len(buckets), width=4.4, height=3.8)
-    colors = _colors(len(models))
+    fig, axes = new_figure(ncols=len(buckets), nrows=len(metrics), width=4.4, height=3.8)
+    palette = colors(len(models))
     for r, metric in enumerate(metrics):
         for c, bucket in enumerate(buckets):
-            ax = axes[r][c]
-            for m, color in zip(models, colors):
+            ax = axes[r * len(buckets) + c]
+            for m, color in zip(models, palette):
                 block = m if bucket == "all" else (m.get("by_bucket") or {}).get(bucket)
                 if not block or metric not in block:
                     continue
@@ -146,8 +124,8 @@ def frontier(data, path):
                 ax.set_xlabel(f"total FLOPs (train + {q:,.0f} queries x k x inference)", fontsize=8)
             if c == 0:
                 ax.set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=6)
-    return _save(fig, path)
+    axes[0].legend(fontsize=6)
+    return save_figure(fig, path)
 
 
 PLOTS = {"testtime_passk.png": passk_curves, "testtime_majority.png": majority_vs_passk,

@@ -14,8 +14,6 @@ bigger at this scale, per difficulty bucket, with a perfect verifier (pass@k) an
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
 import os
 import sys
@@ -25,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from sweeps.report import render_html, render_markdown
 from sweeps.testtime.plots import METRIC_NAMES, make_plots
 from sweeps.testtime.record import build_testtime, write_testtime
 from train.data import tasks
@@ -324,49 +323,6 @@ def build_document(data, plots, left_out) -> list:
         "from testtime.json's per-problem counts (id, difficulty, n, c).",
     ]))
     return b
-
-
-def render_markdown(blocks) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind == "h1":
-            out.append(f"# {rest[0]}\n")
-        elif kind == "h2":
-            out.append(f"## {rest[0]}\n")
-        elif kind == "p":
-            out.append(rest[0] + "\n")
-        elif kind == "ul":
-            out.append("\n".join(f"- {x}" for x in rest[0]) + "\n")
-        elif kind == "table":
-            head, rows = rest
-            out.append("\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                                 + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]) + "\n")
-        elif kind == "img":
-            out.append(f"![{rest[1]}]({rest[0]})\n\n*{rest[1]}*\n")
-    return "\n".join(out)
-
-
-def render_html(blocks, img_dir) -> str:
-    css = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-           "table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:.85em}td,th{border:1px solid #ccc;"
-           "padding:.25em .5em;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
-           "figcaption{font-size:.85em;color:#555;margin-bottom:1.5em}")
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(blocks[0][1])}</title>"
-           f"<style>{css}</style></head><body>"]
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2", "p"):
-            out.append(f"<{kind}>{html.escape(rest[0])}</{kind}>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in rest[0]) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in rest[0])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rest[1])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            data = base64.b64encode((Path(img_dir) / rest[0]).read_bytes()).decode("ascii")
-            out.append(f"<figure><img alt='{html.escape(rest[0])}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{html.escape(rest[1])}</figcaption></figure>")
-    return "\n".join(out + ["</body></html>"])
 
 
 # ------------------------------------------------------------------------------------ wandb
