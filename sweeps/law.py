@@ -223,7 +223,10 @@ def laws_from_rows(X):
 
 def predict_loss(law, N, D):
     N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-    return law["E"] + law["A"] / N ** law["alpha"] + law["B"] / D ** law["beta"]
+    # a bootstrap replicate of an unidentified law can have an exponent near 100: N**alpha overflows to inf and
+    # its term is 0, the right limit, so the overflow is not worth a RuntimeWarning on the user's console
+    with np.errstate(over="ignore"):
+        return law["E"] + law["A"] / N ** law["alpha"] + law["B"] / D ** law["beta"]
 
 
 def closed_form_a(law):

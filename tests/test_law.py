@@ -5,7 +5,7 @@ import pytest
 from tests.sweep_factory import LAW, law_loss
 from sweeps import bootstrap as bs
 from sweeps.law import (FlopsRelation, HuberLogObjective, closed_form_a, fit_grid, frontier, frontier_slopes,
-                        grid_starts, law_from_x, minimize_from, refit_batch, x_from_law)
+                        grid_starts, law_from_x, minimize_from, predict_loss, refit_batch, x_from_law)
 
 
 def _design(noise=0.005, seed=0):
@@ -116,3 +116,18 @@ def test_prediction_interval_covers_a_new_observation():
     noise = rng.standard_normal(20000) * 0.1
     lo, hi = bs.prediction_interval(1.0, np.full(20000, 1.0), noise)
     assert lo == pytest.approx(1 - 0.196, abs=0.01) and hi == pytest.approx(1 + 0.196, abs=0.01)
+
+
+def test_predict_loss_with_an_extreme_exponent_is_quiet():
+    """The smoke sweep's held-out fit printed "RuntimeWarning: overflow encountered in power": bootstrap replicates
+    of a law the data cannot identify reach alpha ~ 100, where N**alpha overflows; the term's limit is 0."""
+    import warnings
+
+    law = {"E": np.array([[1.8], [1.8]]), "A": np.array([[6e141], [400.0]]), "B": np.array([[2000.0], [2000.0]]),
+           "alpha": np.array([[120.0], [0.34]]), "beta": np.array([[0.37], [0.37]])}
+    N, D = np.array([[1.5e4, 6e4]]), np.array([[1.4e6, 3e5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        L = predict_loss(law, N, D)
+    assert np.allclose(L[0], 1.8 + 2000.0 / D[0] ** 0.37)
+    assert np.allclose(L[1], 1.8 + 400.0 / N[0] ** 0.34 + 2000.0 / D[0] ** 0.37)
