@@ -264,13 +264,12 @@ def plan_sweep(run, sweep_name: str, preset_key: str, sweep_dir, vocab_size: int
                vocab_exact: bool = True, world_size: int = 1) -> SweepPlan:
     """The job list of one sweep preset. `run`: the validated RunConfig every job starts from (the preset's
     shared overrides and the command line applied); the data numbers come from the prepared corpus."""
-    from model.config import GPTConfig
     from train.optim import decay_start
 
     preset = run.sweep.presets[preset_key]
     schedule = run.sweep.schedule
     _check_preset(sweep_name, preset_key, preset)
-    base = GPTConfig(**{**run.model, "vocab_size": run.model["vocab_size"] or vocab_size})
+    base = run.gpt_config(vocab_size)
     fam = preset.family
     sweep_dir = Path(sweep_dir).resolve()
     jobs: List[Job] = []

@@ -53,9 +53,7 @@ def test_ladders_are_centred_on_the_prior_and_bracket_it(preset):
         ref = math.sqrt(budget / 120)
         assert min(ns) <= ref / 2 and max(ns) >= ref * 2, (budget, ns, ref)
         # centred: the geometric middle of the ladder within two grid steps of the 20-tokens/param prior
-        from model.config import GPTConfig
-
-        base = GPTConfig(**{**run.model, "vocab_size": plan.data["vocab_size"]})
+        base = run.gpt_config(plan.data["vocab_size"])
         prior = P.n_opt_prior(budget, p.tokens_per_param, p.family, base)
         middle = math.sqrt(min(ns) * max(ns))
         assert abs(math.log10(middle / prior)) <= 2 * p.step_decades + 0.05, (budget, middle, prior)

@@ -18,16 +18,20 @@ from model.config import ConfigError, GPTConfig
 from train import testtime
 from train.data import DataConfig, DataError
 from train.record import ROLES
+from train.rules import RULES, init_std_rule
 
 
 def _model_schema():
     """The `model` group's schema: GPTConfig's fields (one source of truth), with vocab_size
-    optional (null: taken from the data) and `shape`, a "WIDTHxDEPTHxHEADS" shorthand for sweeps."""
+    optional (null: taken from the data), init_std nullable (null: train/rules.py's init_std_rule of
+    the width) and `shape`, a "WIDTHxDEPTHxHEADS" shorthand for sweeps."""
     hints = typing.get_type_hints(GPTConfig)
     fields = []
     for f in dataclasses.fields(GPTConfig):
         if f.name == "vocab_size":
             fields.append((f.name, Optional[int], field(default=None)))
+        elif f.name == "init_std":
+            fields.append((f.name, Optional[float], field(default=None)))
         else:
             fields.append((f.name, hints[f.name], field(default=f.default)))
     fields.append(("shape", Optional[str], field(default=None)))
@@ -40,8 +44,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 SCHEDULES = ("cosine", "wsd", "constant")
 DECAY_SHAPES = ("linear", "sqrt")
 SWEEP_SCHEDULES = ("forks", "cosine")
-LR_RULES = ("porian", "deepseek")
-BATCH_RULES = ("porian", "deepseek")
+LR_RULES = BATCH_RULES = RULES
 RESUME = ("auto", "never")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bf16", "fp32")
@@ -53,7 +56,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 @dataclass
 class OptimConfig:
     lr: Optional[float] = 3e-3  # null: follow optim.lr_rule
-    lr_rule: str = "deepseek"  # used when lr is null; see train/rules.py
+    lr_rule: str = "size"  # used when lr is null; see train/rules.py
     schedule: str = "cosine"  # cosine | wsd | constant
     min_lr_ratio: float = 0.1  # cosine / wsd end at lr * min_lr_ratio
     warmup: Optional[float] = 0.05  # < 1: fraction of the run's steps; >= 1: steps; null: N tokens (Porian et al.)
@@ -72,9 +75,10 @@ class TrainConfig:
     budget: Optional[float] = None  # training FLOPs (exact convention); tokens = budget / FLOPs per token
     tokens_per_param: Optional[float] = None  # tokens = this x non-embedding params
     batch_tokens: Optional[int] = 8192  # global batch in tokens; null: follow train.batch_rule
-    batch_rule: str = "deepseek"  # used when batch_tokens is null
+    batch_rule: str = "size"  # used when batch_tokens is null
     micro_batch: Optional[int] = None  # sequences per device per micro-step; null: as many as fit a default cap
-    seed: int = 0
+    seed: int = 0  # initial weights (and the data order unless data_seed is set)
+    data_seed: Optional[int] = None  # order of the training sequences; null: train.seed
     resume: str = "auto"  # auto: continue from the run dir's latest checkpoint; never: start over
     eval_every: int = 50  # steps; 0: only at the end
     eval_points: Optional[int] = None  # if set: this many evaluations spread over the run (overrides eval_every)
@@ -241,7 +245,13 @@ class RunConfig:
     testtime: TestTimeConfig = field(default_factory=TestTimeConfig)
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(**{**self.model, "vocab_size": self.model["vocab_size"] or vocab_size})
+        return resolve_model(self.model, vocab_size)
+
+
+def resolve_model(model: dict, vocab_size: int) -> GPTConfig:
+    """The GPTConfig of a validated `model` dict: a null vocab_size from the data, a null init_std from the rule."""
+    init_std = model["init_std"] if model["init_std"] is not None else init_std_rule(model["width"])
+    return GPTConfig(**{**model, "vocab_size": model["vocab_size"] or vocab_size, "init_std": init_std})
 
 
 def parse_shape(shape: str) -> dict:
@@ -349,7 +359,7 @@ def validate(cfg) -> RunConfig:
         model.update(parse_shape(shape))
     if model["vocab_size"] is not None:
         _positive("model.vocab_size", model["vocab_size"], integer=True)
-    GPTConfig(**{**model, "vocab_size": model["vocab_size"] or 256})  # checks every model key now
+    resolve_model(model, 256)  # checks every model key now
 
     o, t, lg = obj.optim, obj.train, obj.logger
     _positive("optim.lr", o.lr, allow_none=True)
@@ -379,6 +389,8 @@ def validate(cfg) -> RunConfig:
         raise ConfigError("set one of train.tokens, train.budget (FLOPs) or train.tokens_per_param")
     if t.budget is not None and t.tokens_per_param is not None:
         raise ConfigError("train.budget and train.tokens_per_param both set: choose one")
+    if t.data_seed is not None:
+        _non_negative("train.data_seed", t.data_seed, integer=True)
     _positive("train.batch_tokens", t.batch_tokens, allow_none=True, integer=True)
     _one_of("train.batch_rule", t.batch_rule, BATCH_RULES)
     _positive("train.micro_batch", t.micro_batch, allow_none=True, integer=True)

@@ -228,7 +228,7 @@ def _prepare(run: RunConfig, info: D.DistInfo) -> Prepared:
     gpt = run.gpt_config(data.vocab_size)
     counts, flops = param_counts(gpt), flops_per_token(gpt)
     plan = plan_run(run.optim, t, gpt.seq_len, info.world_size, counts.non_embedding, flops.exact)
-    sequences = TrainSequences(data.train, gpt.seq_len, t.seed)
+    sequences = TrainSequences(data.train, gpt.seq_len, data_seed(t))
     micro = micro_batch_size(plan.batch_tokens // gpt.seq_len // info.world_size, gpt.seq_len, t.micro_batch,
                              info.device.type)
     return Prepared(data=data, gpt=gpt, counts=counts, flops=flops, plan=plan, sequences=sequences, micro=micro,
@@ -251,10 +251,17 @@ def run_identity(run: RunConfig, gpt: GPTConfig, plan: Plan, data_fingerprint: d
         "batch_tokens": plan.batch_tokens, "steps": plan.steps, "tokens": plan.tokens, "seed": t.seed,
         "precision": "bf16" if _bf16(run, info) else "fp32",
         "init": {"from": str(Path(t.init_from).resolve()), "step": t.init_step} if t.init_from else None,
+        # only when it differs from seed, so records made before train.data_seed existed keep their identity
+        **({"data_seed": data_seed(t)} if data_seed(t) != t.seed else {}),
         # the sampling after training is part of the result when enabled (max_rows only groups the work)
         **({"testtime": {k: v for k, v in dataclasses.asdict(run.testtime).items() if k != "max_rows"}}
            if run.testtime.enabled else {}),
     }
+
+
+def data_seed(t) -> int:
+    """The seed of the training data order: train.data_seed, or train.seed when that is null."""
+    return t.seed if t.data_seed is None else t.data_seed
 
 
 # What a cooldown fork shares with its trunk: everything but the schedule's end and the run's length.
