@@ -39,11 +39,11 @@ def save_figure(fig, path):
 
 
 def _compact(v, _pos=None):
-    """2e4 -> '2e4', 1.5e4 -> '1.5e4', 0.5 -> '0.5', 300 -> '300'."""
+    """2e4 -> '2e4', 1.5e4 -> '1.5e4', 0.5 -> '0.5', 300 -> '300', 5000 -> '5000'."""
     if v <= 0:
         return ""
     if 1e-2 <= v < 1e4:
-        return f"{v:.3g}"
+        return f"{v:.4g}"  # 4 digits: .3g wrote 5000 as '5e+03'
     m, e = f"{v:.1e}".split("e")
     return f"{m.rstrip('0').rstrip('.')}e{int(e)}"
 

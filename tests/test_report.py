@@ -168,6 +168,13 @@ def test_tick_label_check_catches_unlabelled_axes():
     assert any("x ticks" in p for p in tick_label_problems(fig))
 
 
+def test_tick_labels_are_compact():
+    from sweeps.plots import _compact
+
+    assert [_compact(v) for v in (5e3, 1.5e3, 2e4, 1.5e4, 0.5, 300, 1e10)] == \
+        ["5000", "1500", "2e4", "1.5e4", "0.5", "300", "1e10"]
+
+
 def test_intervals_print_readably():
     assert fmt_ci([0.0, 1325704136374537728.0]) == "[0, 1.33e+18]"
     assert fmt_ci([0.4912, 0.5051]) == "[0.491, 0.505]"
