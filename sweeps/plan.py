@@ -171,16 +171,19 @@ def n_opt_prior(budget: float, tokens_per_param: float, family, base) -> float:
 
 
 def n_opt_from_fit(path: str):
-    """N_opt(C) from an earlier sweep's fit.json (approach 2's law N_coef C^a)."""
-    import json
+    """N_opt(C) from an earlier sweep's fit.json (approach 2's law N_coef C^a), when that law is `ok`."""
+    from sweeps.results import load_fit
 
-    try:
-        fit = json.loads(Path(path).read_text())
-        a2 = fit["approach2"]
-        coef, a = float(a2["N_coef"]), float(a2["a"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PlanError(f"prior={path!r}: not a fit.json with an approach-2 law ({type(e).__name__}: {e}); "
-                        "give the fit.json of an earlier sweep, or null for the 20-tokens-per-parameter prior")
+    fit, why = load_fit(path)
+    if fit is None:
+        raise PlanError(f"prior={path!r}: {why}; give the fit.json of an earlier sweep, or null for the "
+                        "20-tokens-per-parameter prior")
+    a2 = fit.approach2
+    if a2.status != "ok" or a2.N_coef is None or a2.a is None:
+        raise PlanError(f"prior={path!r}: its approach-2 law is {a2.status!r}"
+                        f"{' (' + a2.reason + ')' if a2.reason else ''}, not one to plan from; "
+                        "use null for the 20-tokens-per-parameter prior")
+    coef, a = float(a2.N_coef), float(a2.a)
     return lambda c: coef * c ** a
 
 

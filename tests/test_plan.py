@@ -138,14 +138,21 @@ def test_bad_preset_values_are_named():
 
 def test_prior_from_an_earlier_fit(tmp_path):
     fit = tmp_path / "fit.json"
-    fit.write_text(json.dumps({"approach2": {"N_coef": 0.05, "a": 0.5}}))  # N_opt = 0.05 sqrt(C)
+    from sweeps.results import SCHEMA
+
+    law = {"status": "ok", "N_coef": 0.05, "a": 0.5}  # N_opt = 0.05 sqrt(C)
+    fit.write_text(json.dumps({"schema": SCHEMA, "approach2": law}))
     plan, run = plan_of("chinchilla", "cpu", f"sweep.presets.cpu.prior={fit}")
     for budget in run.sweep.presets["cpu"].budgets:
         ns = [j.shape.params_total for j in plan.jobs if j.budget == budget]
         assert abs(math.log10(math.sqrt(min(ns) * max(ns)) / (0.05 * budget ** 0.5))) < 0.3
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(P.PlanError, match="approach-2 law"):
+    with pytest.raises(P.PlanError, match="bad.json"):
         plan_of("chinchilla", "cpu", f"sweep.presets.cpu.prior={tmp_path / 'bad.json'}")
+    # a law the fit itself did not trust is no prior
+    (tmp_path / "weak.json").write_text(json.dumps({"schema": SCHEMA, "approach2": {**law, "status": "indicative"}}))
+    with pytest.raises(P.PlanError, match="'indicative'"):
+        plan_of("chinchilla", "cpu", f"sweep.presets.cpu.prior={tmp_path / 'weak.json'}")
 
 
 def test_shape_sweep_holds_n_and_varies_depth():
