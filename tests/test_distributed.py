@@ -70,6 +70,12 @@ def test_resume_on_another_world_size(tmp_path, cache_dir):
     out = p.stdout + p.stderr
     assert f"resuming from {part / 'ckpt'}" in out and f"(step {steps[-1]})" in out, out[-3000:]
     assert s["resumed_from"].endswith(f"step_{steps[-1]:08d}.pt")
+    # the two processes trained only the steps after the checkpoint (a resume that logs the right line but
+    # starts from the initial weights and step 0 would redo the early steps) ...
+    redone = [int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("step ")]
+    assert redone and min(redone) > steps[-1], out[-3000:]
+    # ... and the record holds each logged step once, as the uninterrupted run's does
+    assert [r["step"] for r in metrics(part)] == [r["step"] for r in metrics(ref)]
     assert abs(s["final_val_loss"] - summary(ref)["final_val_loss"]) < 1e-4, p.stdout
 
 
