@@ -74,6 +74,13 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, cache_dir):
     p = run_train(TINY + ["train.tokens=10240", "train.micro_batch=8"], four, cache_dir)
     assert "4 micro-steps of 8 sequences" in p.stderr
     assert abs(summary(one)["final_val_loss"] - summary(four)["final_val_loss"]) < 1e-6
+    # AdamW hardly sees a gradient scaled by a constant, so the validation loss alone misses a lost 1/accum:
+    # the logged train loss (the mean over micro-batches) and gradient norm must agree too
+    rows = {d: [(r["step"], r["train_loss"], r["grad_norm"]) for r in metrics(d) if "train_loss" in r]
+            for d in (one, four)}
+    assert [r[0] for r in rows[one]] == [r[0] for r in rows[four]] and rows[one]
+    for (_, loss_a, norm_a), (_, loss_b, norm_b) in zip(rows[one], rows[four]):
+        assert loss_b == pytest.approx(loss_a, rel=1e-5) and norm_b == pytest.approx(norm_a, rel=1e-4)
 
 
 @pytest.mark.parametrize("args, reason", [
