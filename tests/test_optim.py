@@ -1,12 +1,13 @@
 """build_optimizer: which parameters get weight decay (matrices only: not norms, biases or embeddings,
 and a head tied to the embedding counts as an embedding), and the settings it hands AdamW.
-(The lr schedules and size rules are in test_rules.py.)"""
+The lr schedules' main tests are in test_rules.py; here the edge cases mutation testing found untested."""
+import pytest
 import torch
 from torch import nn
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from train.optim import build_optimizer
+from train.optim import Schedule, build_optimizer
 
 
 class Toy(nn.Module):
@@ -59,3 +60,17 @@ def test_gpt_decays_every_matrix_but_the_embeddings():
         names = {n for n, p in model.named_parameters() if id(p) in decayed}
         assert names == {n for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n}
         assert ("head.weight" in names) is not tied
+
+
+@pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
+def test_a_single_warmup_step_is_already_the_peak(kind):
+    assert Schedule(kind, peak=2.0, steps=11, warmup=1, min_ratio=0.1)(0) == pytest.approx(2.0)
+
+
+def test_the_shortest_cosine_runs_end_at_their_floor():
+    # 2 steps: the peak, then the floor; 1 step: the peak only
+    assert [Schedule("cosine", peak=1.0, steps=2, min_ratio=0.1)(s) for s in range(2)] == pytest.approx([1.0, 0.1])
+    assert Schedule("cosine", peak=1.0, steps=1, min_ratio=0.1)(0) == pytest.approx(1.0)
+    # one warmup step and two more: peak, peak, floor
+    assert [Schedule("cosine", peak=1.0, steps=3, warmup=1, min_ratio=0.1)(s) for s in range(3)] == \
+        pytest.approx([1.0, 1.0, 0.1])
