@@ -13,12 +13,12 @@ from train.optim import Schedule, build_optimizer
 class Toy(nn.Module):
     def __init__(self, tied: bool):
         super().__init__()
+        self.frozen = nn.Linear(6, 6, bias=False)  # first: the parameters after it must still be grouped
+        self.frozen.weight.requires_grad_(False)
         self.emb = nn.Embedding(11, 6)
         self.lin = nn.Linear(6, 6, bias=True)
         self.norm = nn.LayerNorm(6)
         self.head = nn.Linear(6, 11, bias=False)
-        self.frozen = nn.Linear(6, 6, bias=False)
-        self.frozen.weight.requires_grad_(False)
         if tied:
             self.head.weight = self.emb.weight
 
@@ -74,3 +74,16 @@ def test_the_shortest_cosine_runs_end_at_their_floor():
     # one warmup step and two more: peak, peak, floor
     assert [Schedule("cosine", peak=1.0, steps=3, warmup=1, min_ratio=0.1)(s) for s in range(3)] == \
         pytest.approx([1.0, 1.0, 0.1])
+
+
+@pytest.mark.parametrize("kind", ["cosine", "wsd"])
+def test_past_the_last_step_the_lr_stays_at_the_floor(kind):
+    # the loop never asks beyond the run, but the decay is clamped there rather than turning back up
+    s = Schedule(kind, peak=1.0, steps=10, min_ratio=0.1)
+    assert [s(step) for step in (9, 10, 15)] == pytest.approx([0.1, 0.1, 0.1])
+
+
+@pytest.mark.gpu
+def test_fused_adamw_on_cuda_only():
+    assert build_optimizer(Toy(tied=False).cuda(), 0.01, 0.9, 0.99, 1e-8, 0.1).defaults["fused"] is True
+    assert not build_optimizer(Toy(tied=False), 0.01, 0.9, 0.99, 1e-8, 0.1).defaults["fused"]
