@@ -3,6 +3,7 @@ preset with cooldown forks (a broken job does not stop the sweep or the fit; a r
 finished), an interrupted sweep resuming to the same results, a relaunch with other settings refused,
 settings every job shares checked once before launching, and the launcher's slots and commands."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -92,6 +93,20 @@ def test_relaunch_redoes_nothing_finished_and_completes_the_rest(smoke_sweep):
     assert p.returncode in (0, 1), p.stderr[-3000:]  # 1 only when the smoke points identify no law
     fit = json.loads((d / "fit.json").read_text())
     assert fit["n_points"] == sum(r.role == "fork" for r in after.values())
+    assert p.stderr.count("fitting the frontier") == 1  # the relaunch fits again, once
+
+
+def test_the_end_of_sweep_fits_ran_on_every_point(smoke_sweep):
+    """Not just a fit.json with the approaches' keys: approach 3 fitted every point it was given, on the first
+    launch (one trunk's shape missing) and the relaunch; approach 2 saw every point of the relaunch (whether
+    the smoke points give each budget an interior minimum is the data's business, not the test's)."""
+    first = json.loads(smoke_sweep["fit_first"])
+    final = json.loads((smoke_sweep["dir"] / "fit.json").read_text())
+    for fit in (first, final):
+        a3 = fit["approach3"]
+        assert "skipped" not in a3, a3["skipped"]
+        assert math.isfinite(a3["a"]) and a3["n_points"] == fit["n_points"] > 0
+    assert final["approach2"].get("n_points") == final["n_points"], final["approach2"].get("skipped")
 
 
 @pytest.mark.slow
