@@ -70,6 +70,12 @@ def test_resume_on_another_world_size(tmp_path, cache_dir):
     out = p.stdout + p.stderr
     assert f"resuming from {part / 'ckpt'}" in out and f"(step {steps[-1]})" in out, out[-3000:]
     assert s["resumed_from"].endswith(f"step_{steps[-1]:08d}.pt")
+    # the two processes trained only the steps after the checkpoint (a resume that logs the right line but
+    # starts from the initial weights and step 0 would redo the early steps) ...
+    redone = [int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("step ")]
+    assert redone and min(redone) > steps[-1], out[-3000:]
+    # ... and the record holds each logged step once, as the uninterrupted run's does
+    assert [r["step"] for r in metrics(part)] == [r["step"] for r in metrics(ref)]
     assert abs(s["final_val_loss"] - summary(ref)["final_val_loss"]) < 1e-4, p.stdout
 
 
@@ -80,6 +86,13 @@ def test_two_processes_with_gradient_accumulation_match_one(tmp_path, cache_dir)
     p = torchrun(TINY + ["train.tokens=10240", "train.micro_batch=8"], two, cache_dir)
     assert "2 micro-steps of 8 sequences" in p.stdout + p.stderr, (p.stdout + p.stderr)[-2000:]
     assert abs(summary(one)["final_val_loss"] - summary(two)["final_val_loss"]) / summary(one)["final_val_loss"] < 2e-3
+    # AdamW hardly sees a gradient scaled by a constant: the logged train loss (the mean over micro-batches
+    # and processes) and the norm of the all-reduced gradient must agree too
+    rows = {d: [(r["step"], r["train_loss"], r["grad_norm"]) for r in metrics(d) if "train_loss" in r]
+            for d in (one, two)}
+    assert [r[0] for r in rows[one]] == [r[0] for r in rows[two]] and rows[one]
+    for (_, loss_a, norm_a), (_, loss_b, norm_b) in zip(rows[one], rows[two]):
+        assert loss_b == pytest.approx(loss_a, rel=1e-4) and norm_b == pytest.approx(norm_a, rel=1e-3)
 
 
 def _worker_pids(parent_pid):

@@ -42,6 +42,22 @@ def test_relaunch_with_other_settings_is_refused_and_names_each_difference(tmp_p
     assert summary(run_dir)["model"]["width"] == 32 and summary(run_dir)["status"] == "completed"
 
 
+def test_an_interrupted_run_relaunched_with_other_settings_is_refused(tmp_path, cache_dir):
+    """Resuming would continue a checkpoint under other settings: refused, naming the difference, and the
+    checkpoints and record are left as they were."""
+    run_dir = tmp_path / "run"
+    train(SHORT, run_dir, cache_dir, check=True)
+    s = json.loads((run_dir / "summary.json").read_text())
+    s["status"] = "running"  # as a run killed mid-way leaves it
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    before, ckpts = (run_dir / "summary.json").read_text(), Checkpointer(run_dir).steps()
+    assert ckpts
+    p = train(SHORT + ["optim.lr=1e-3"], run_dir, cache_dir)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "optim.lr: 0.003 -> 0.001" in p.stderr and "train.resume=never" in p.stderr, p.stderr
+    assert Checkpointer(run_dir).steps() == ckpts and (run_dir / "summary.json").read_text() == before
+
+
 def test_a_skipped_run_is_retried_once_the_cause_is_fixed(tmp_path, cache_dir):
     run_dir = tmp_path / "skip"
     p = train(["train.tokens=4096", "train.min_steps=10"], run_dir, cache_dir)

@@ -3,6 +3,7 @@ preset with cooldown forks (a broken job does not stop the sweep or the fit; a r
 finished), an interrupted sweep resuming to the same results, a relaunch with other settings refused,
 settings every job shares checked once before launching, and the launcher's slots and commands."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -99,6 +100,22 @@ def test_relaunch_redoes_nothing_finished_and_completes_the_rest(smoke_sweep):
     assert p.returncode == (0 if fit.ok else 1), (fit.status, p.stderr[-3000:])
     md = (d / "report.md").read_text()
     assert fit.created in md and (fit.ok or "Status: OK" not in md)
+    assert p.stderr.count("fitting the frontier") == 1  # the relaunch fits again, once
+
+
+def test_the_end_of_sweep_fits_ran_on_every_point(smoke_sweep):
+    """Not just a fit.json with the approaches' keys: approach 3 fitted every point it was given, on the first
+    launch (one trunk's shape missing) and the relaunch; approach 2 saw every point of the relaunch (whether
+    the smoke points give each budget an interior minimum is the data's business, not the test's)."""
+    first = smoke_sweep["fit_first"]
+    assert first is not None
+    final, why = load_fit(smoke_sweep["dir"])
+    assert final is not None, why
+    for fit in (first, final):
+        a3 = fit.approach3
+        assert a3.status != "skipped", a3.reason
+        assert math.isfinite(a3.a) and a3.n_points == fit.n_points > 0
+    assert final.approach2.n_points == final.n_points, final.approach2.reason
 
 
 @pytest.mark.slow
