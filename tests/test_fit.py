@@ -228,6 +228,7 @@ def test_approach2_window_sensitivity(refdata):
     assert flagged and "0.9" in flagged[0]
     lo, hi = r.ci["a"]
     assert not lo <= r.window_sensitivity[2]["a"] <= hi
+    assert f"outside the interval [{lo:.3f}, {hi:.3f}]" in flagged[0]
     N, D, C, L = centred_arrays(noise=0.005, seed=1)
     calm = approach2(N, D, C, L, budget=C)
     assert not any("window sensitivity" in w for w in calm.warnings)

@@ -188,3 +188,31 @@ def test_plan_refuses_a_batch_that_is_not_whole_sequences():
     optim, train = cfgs(tokens=10**6, batch_tokens=1000)
     with pytest.raises(ConfigError, match=r"train.batch_tokens=1000 .* nearest valid: 896 or 1024"):
         rules.plan_run(optim, train, 128, 1, n_params=1000, flops_per_token=1.0)
+# Append to tests/test_rules.py (uses its cfgs() helper, rules, pytest, ConfigError).
+
+
+def test_plan_one_step_run_and_a_batch_equal_to_the_run_are_allowed():
+    p = rules.plan_run(*cfgs(tokens=1024, batch_tokens=1024), 128, 1, n_params=1000, flops_per_token=1.0)
+    assert (p.steps, p.tokens, p.warmup_steps) == (1, 1024, 0)
+
+
+def test_plan_refuses_a_batch_larger_than_the_run_and_names_the_largest_valid_one():
+    # 1000 tokens in 128-token sequences: at most 896 (7 whole sequences)
+    with pytest.raises(ConfigError, match=r"^train.batch_tokens=1024 is larger than the whole run \(train.tokens=1000\); "
+                                          r"use train.batch_tokens <= 896 or more train.tokens$"):
+        rules.plan_run(*cfgs(tokens=1000, batch_tokens=1024), 128, 1, n_params=1000, flops_per_token=1.0)
+    # a budget or tokens_per_param run takes whatever batch it is given (its length follows from the budget)
+    for kw in ({"budget": 1000.0}, {"tokens_per_param": 1}):
+        assert rules.plan_run(*cfgs(batch_tokens=1024, **kw), 128, 1, n_params=1000, flops_per_token=1.0).steps == 1
+
+
+def test_plan_warmup_cap_is_a_whole_number_of_steps():
+    # 102 steps: a quarter is 25.5 -> 25 steps
+    p = rules.plan_run(*cfgs(tokens=2048 * 102, batch_tokens=2048), 128, 1, n_params=10**7, flops_per_token=1.0)
+    assert p.warmup_steps == 25 and isinstance(p.warmup_steps, int)
+
+
+def test_plan_warmup_of_one_is_one_step_not_the_whole_run():
+    p = rules.plan_run(*cfgs(tokens=2048 * 100, batch_tokens=2048, warmup=1), 128, 1, n_params=10**7,
+                       flops_per_token=1.0)
+    assert p.warmup_steps == 1
