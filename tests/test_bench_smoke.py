@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {
     "kernel", "pass", "dtype", "shape", "ours_ms", "baseline", "baseline_ms", "speedup", "tflops",
@@ -11,6 +13,7 @@ ROW_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_kernel_bench_smoke_writes_schema(tmp_path):
     out = tmp_path / "kernels-smoke.json"
     proc = subprocess.run(

@@ -54,6 +54,7 @@ def _check_rows(payload, rel_loss0, rel_loss_last):
     return rows
 
 
+@pytest.mark.slow
 def test_train_bench_smoke_writes_schema(tmp_path):
     payload, proc, out = _run(tmp_path, "--smoke")
     assert {"device", "torch", "triton", "date", "command", "results"} <= set(payload)

@@ -25,6 +25,7 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("dist-cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_same_global_batch(tmp_path, cache_dir, parallel):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -46,6 +47,7 @@ def test_two_processes_match_one_with_same_global_batch(tmp_path, cache_dir, par
     assert [r["step"] for r in rows] == [r["step"] for r in metrics(one) if "train_loss" in r]
 
 
+@pytest.mark.slow
 def test_resume_on_another_world_size(tmp_path, cache_dir):
     args = TINY + ["train.tokens=81920", "train.ckpt_every=10", "train.eval_every=40"]
     ref = tmp_path / "ref"
@@ -79,6 +81,7 @@ def test_resume_on_another_world_size(tmp_path, cache_dir):
     assert abs(s["final_val_loss"] - summary(ref)["final_val_loss"]) < 1e-4, p.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_with_gradient_accumulation_match_one(tmp_path, cache_dir):
     """Per process 16 sequences as 2 micro-batches of 8: DDP's no_sync path and the 1/accum scaling."""
     one, two = tmp_path / "one", tmp_path / "two"

@@ -36,7 +36,7 @@ def test_holdout_skips_with_a_reason():
     assert largest_budget_rule(ds) is None  # one budget: nothing would remain to fit
 
 
-@pytest.mark.parametrize("name", ["rpj", "rw_original"])
+@pytest.mark.parametrize("name", ["rpj", pytest.param("rw_original", marks=pytest.mark.slow)])
 def test_gadre_holdout_within_two_percent(refdata, tmp_path, name):
     """Gadre et al. 2024 fit on their small models (11M-411M) and predict the 1.4B and 6.9B runs; their law
     reaches 0.7-1.6%.  `--holdout 'N>1e9'` on the RedPajama and RefinedWeb runs (C4 validation loss) predicts

@@ -31,7 +31,8 @@ ATTENTION = ("attn_fwd", "attn_dkdv", "attn_dq")
 FAMILIES = ATTENTION + ("attn_pre", "rms_fwd", "rms_bwd", "swiglu_fwd", "swiglu_bwd", "rope", "cross_entropy")
 
 
-@pytest.fixture(scope="module", params=["quick", pytest.param("exhaustive", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=[pytest.param("quick", marks=pytest.mark.slow),
+                                        pytest.param("exhaustive", marks=pytest.mark.slow)])
 def report(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("sm90")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

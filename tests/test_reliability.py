@@ -28,6 +28,7 @@ def train(args, run_dir, cache_dir, **kw):
 SHORT = ["train.tokens=10240", "train.ckpt_every=5"]
 
 
+@pytest.mark.slow
 def test_relaunch_with_other_settings_is_refused_and_names_each_difference(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     train(SHORT + ["model.shape=64x2x2"], run_dir, cache_dir, check=True)
@@ -67,6 +68,7 @@ def test_a_skipped_run_is_retried_once_the_cause_is_fixed(tmp_path, cache_dir):
     assert "already" not in p.stderr
 
 
+@pytest.mark.slow
 def test_resume_skips_a_truncated_checkpoint_and_says_which(tmp_path, cache_dir):
     args = ["train.tokens=20480", "train.ckpt_every=5"]  # 20 steps; the checkpoints of steps 15 and 20 stay
     ref, run_dir = tmp_path / "ref", tmp_path / "run"
@@ -97,7 +99,8 @@ def test_a_second_process_refuses_a_folder_in_use(tmp_path, cache_dir):
     train(SHORT, run_dir, cache_dir, check=True)  # the lock went with its holder
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143),
+                                       pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_a_signal_stops_after_a_checkpoint_with_one_line_and_resumes(tmp_path, cache_dir, sig, code):
     run_dir = tmp_path / "sig"
     args = ["train.tokens=204800", "train.ckpt_every=1000", "train.eval_every=0"]

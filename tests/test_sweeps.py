@@ -54,6 +54,7 @@ def smoke_sweep(tmp_path_factory, cache_dir):
             "first_records": first_records, "fit_first": fit_first}
 
 
+@pytest.mark.slow
 def test_a_broken_job_neither_stops_the_sweep_nor_the_fit(smoke_sweep):
     d, p, broken, jobs = smoke_sweep["dir"], smoke_sweep["first"], smoke_sweep["broken"], smoke_sweep["jobs"]
     assert "preset smoke (chosen)" in p.stderr and "on CPU x1 thread" in p.stderr
@@ -81,6 +82,7 @@ def test_a_broken_job_neither_stops_the_sweep_nor_the_fit(smoke_sweep):
     assert (d / "report.md").is_file()  # the report, rebuilt from that fit.json
 
 
+@pytest.mark.slow
 def test_relaunch_redoes_nothing_finished_and_completes_the_rest(smoke_sweep):
     d, p = smoke_sweep["dir"], smoke_sweep["second"]
     before, after = smoke_sweep["first_records"], records(d)
@@ -103,6 +105,7 @@ def test_relaunch_redoes_nothing_finished_and_completes_the_rest(smoke_sweep):
     assert p.stderr.count("fitting the frontier") == 1  # the relaunch fits again, once
 
 
+@pytest.mark.slow
 def test_the_end_of_sweep_fits_ran_on_every_point(smoke_sweep):
     """Not just a fit.json with the approaches' keys: approach 3 fitted every point it was given, on the first
     launch (one trunk's shape missing) and the relaunch; approach 2 saw every point of the relaunch (whether
@@ -147,6 +150,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_results(smoke_sweep, tmp_path,
             assert "nothing to do" in (sweep_dir / name / "job.log").read_text()
 
 
+@pytest.mark.slow
 def test_relaunch_with_other_settings_is_refused(smoke_sweep, tmp_path, cache_dir):
     sweep_dir = tmp_path / "copy"
     shutil.copytree(smoke_sweep["dir"], sweep_dir)
@@ -178,6 +182,7 @@ def test_bad_preset_is_one_line(tmp_path):
     assert p.returncode == 2 and "+sweep=" in p.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_trunks_then_forks(tmp_path, cache_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep_dir = tmp_path / "submitit"

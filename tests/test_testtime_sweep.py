@@ -21,6 +21,7 @@ def smoke(tmp_path_factory):
     return sweep_dir, p
 
 
+@pytest.mark.slow
 def test_every_job_completes_and_samples(smoke):
     sweep_dir, p = smoke
     assert p.returncode == 0, p.stderr[-3000:]
@@ -34,6 +35,7 @@ def test_every_job_completes_and_samples(smoke):
     assert p.stderr.count("analysing test-time compute") == 1
 
 
+@pytest.mark.slow
 def test_testtime_json_has_the_issue_keys_and_recomputable_numbers(smoke):
     sweep_dir, _ = smoke
     data = read_testtime(sweep_dir / "testtime.json")
@@ -59,6 +61,7 @@ def test_testtime_json_has_the_issue_keys_and_recomputable_numbers(smoke):
         assert [(p["id"], p["c"]) for p in counts["problems"]] == [(p["id"], p["c"]) for p in problems]
 
 
+@pytest.mark.slow
 def test_the_report_and_its_plots_are_written_and_logged_to_wandb(smoke):
     sweep_dir, p = smoke
     md = (sweep_dir / "testtime.md").read_text()
@@ -72,6 +75,7 @@ def test_the_report_and_its_plots_are_written_and_logged_to_wandb(smoke):
     assert list((sweep_dir / "wandb").glob("offline-run-*"))  # the analysis run, beside the jobs' own runs
 
 
+@pytest.mark.slow
 def test_the_analysis_again_standalone(smoke, tmp_path):
     sweep_dir, _ = smoke
     p = run_cli(["-m", "sweeps.testtime.report", str(sweep_dir), "--out", str(tmp_path), "--bootstrap", "20",

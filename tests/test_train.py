@@ -64,6 +64,7 @@ def context_free_losses(data_cfg: dict) -> tuple[float, float]:
     return unigram, bigram
 
 
+@pytest.mark.slow
 def test_the_model_uses_context(tmp_path, cache_dir, monkeypatch):
     """Below what a model reaches from the current byte alone (~2.57 nats here; no context at all: ~3.1) by a
     clear margin: the model has learned from the bytes before the current one, through attention.
@@ -76,6 +77,7 @@ def test_the_model_uses_context(tmp_path, cache_dir, monkeypatch):
     assert summary(run_dir)["final_val_loss"] < bigram - 0.05, (summary(run_dir)["final_val_loss"], bigram)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, cache_dir):
     """32 sequences per step as one micro-batch or as 4 micro-batches of 8: the same mean gradient."""
     one, four = tmp_path / "one", tmp_path / "four"
