@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu", help="a preset of the chinchilla sweep (default cpu)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per shape (default 3)")
-    p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/seed-noise-<preset>.json)")
+    p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/seed-noise/<preset>.json)")
     p.add_argument("overrides", nargs="*", help="extra overrides for every job (e.g. sweep.schedule=cosine)")
     args = p.parse_intermixed_args(argv)
     if args.seeds < 2:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     run, key, _, _ = job_config("chinchilla", args.preset, args.overrides)
     budgets = sorted(run.sweep.presets[key].budgets)
     budget = budgets[len(budgets) // 2]
-    out = args.out or REPO / "bench" / "results" / f"seed-noise-{key}.json"
+    out = args.out or REPO / "bench" / "results" / "seed-noise" / f"{key}.json"
     sweep_dir = Path(tempfile.mkdtemp(prefix="scalelab-seed-noise-"))
     cmd = [sys.executable, "-m", "train", "+sweep=chinchilla", f"sweep.preset={key}",
            f"sweep.presets.{key}.budgets=[{budget!r}]", f"sweep.presets.{key}.points=3", "sweep.fit=false",
