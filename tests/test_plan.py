@@ -42,11 +42,11 @@ def test_shipped_sweeps_are_the_ones_tested():
     assert shipped == set(SWEEPS)
 
 
-@pytest.mark.parametrize("preset", ["cpu", "gpu", "gpu-offline"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "gpu-offline"])
 def test_ladders_are_centred_on_the_prior_and_bracket_it(preset):
     plan, run = plan_of("chinchilla", preset)
     p = run.sweep.presets[preset]
-    assert len(p.budgets) >= 4 and max(p.budgets) / min(p.budgets) >= 100 or preset == "gpu-offline"
+    assert len(p.budgets) >= 4 and max(p.budgets) / min(p.budgets) >= 100 or preset in ("smoke", "gpu-offline")
     for budget in p.budgets:
         ns = sorted(j.shape.params_total for j in plan.jobs if j.budget == budget)
         assert ns == sorted(set(ns)) and len(ns) >= p.points - 2  # distinct, monotone
