@@ -2,18 +2,19 @@
 
     python bench/coverage.py                                  # 200 sweeps per scenario -> bench/results/coverage-cpu.json
     python bench/coverage.py --sweeps 20 --out /tmp/cov.json  # a quick look
-    python bench/coverage.py --budgets 1e15,3e17 --n-budgets 6 --out bench/results/coverage-gpu.json
+    python bench/coverage.py --budgets 3e16,3e18 --n-budgets 5 --out bench/results/coverage-gpu.json
 
-Design (the cpu preset's budget-centred IsoFLOP ladders, from sweeps/plan.py's description): ``--n-budgets``
-log-spaced budgets from ``--budgets LO,HI``; per budget ``--shapes`` model sizes spaced ``--spacing`` decades of N
+Design (by default the cpu preset's: 7 budgets 2e10-2e12, 9 shapes 0.125 decades apart, budget-centred as
+sweeps/plan.py plans them): ``--n-budgets`` log-spaced budgets from ``--budgets LO,HI``; per budget ``--shapes`` model sizes spaced ``--spacing`` decades of N
 around the planner's predicted N_opt = sqrt(C / (6 x tokens-per-param)); D = C / 6N.  Losses follow a known law
 L = E + A/N^alpha + B/D^beta (``--law``) times exp(noise), the noise being, per scenario, independent per run
 (a seed-to-seed relative sd), an offset shared by a budget's runs, and a shift of a budget's whole profile
 along ln N (the optimum moving from budget to budget, e.g. by hyperparameter rules that suit one budget better).
 
 Per synthetic sweep it runs what the product runs (sweeps.approach2, sweeps.approach3, sweeps.holdout with
-the largest budget held out) and checks whether each 95% interval holds the true value; beside them, the
-intervals they replaced: approach 2's bootstrap of points within budgets and approach 3's bootstrap of points.
+the largest budget held out) and checks whether each 95% interval holds the true value; beside them (unless
+``--skip-replaced``, which halves the cost), the intervals they replaced: approach 2's bootstrap of points
+within budgets and approach 3's bootstrap of points.
 Writes the coverage per method and scenario with binomial standard errors, the date, versions and command.
 """
 from __future__ import annotations
@@ -121,8 +122,10 @@ def one_sweep(args):
     out["a2"] = {"status": r2.status, "a": r2.a, "covers": covers(r2.ci.get("a"), true["a"]),
                  "width": (r2.ci["a"][1] - r2.ci["a"][0]) if r2.ci.get("a") else None,
                  "budgets_used": r2.n_budgets_used}
-    ci, vf = old_approach2_interval(N, D, C, loss, C, gen)
-    out["a2_old"] = {"covers": covers(ci, true["a"]), "width": (ci[1] - ci[0]) if ci else None, "valid_fraction": vf}
+    if opts["replaced"]:
+        ci, vf = old_approach2_interval(N, D, C, loss, C, gen)
+        out["a2_old"] = {"covers": covers(ci, true["a"]), "width": (ci[1] - ci[0]) if ci else None,
+                         "valid_fraction": vf}
 
     t0 = time.perf_counter()
     r3 = approach3(N, D, loss, C, groups=g, bootstrap=opts["bootstrap"], grid=opts["grid"], seed=seed)
@@ -130,7 +133,7 @@ def one_sweep(args):
                  "valid_fraction": r3.interval.valid_fraction if r3.interval else None,
                  **{f"covers_{k}": covers(r3.ci.get(k), v) for k, v in true.items()},
                  "width_a": (r3.ci["a"][1] - r3.ci["a"][0]) if r3.ci.get("a") else None}
-    if r3.law is not None:
+    if r3.law is not None and opts["replaced"]:
         X, valid, _, _ = law_replicates(x_from_law(r3.law), [], N, D, loss, g, reps=opts["bootstrap"], seed=seed,
                                         method="points")
         laws = laws_from_rows(X[valid])
@@ -170,9 +173,9 @@ def summarise(rows):
                                            "median_width_a": med(r["a2"]["width"] for r in rows),
                                            "withheld_or_skipped": sum(r["a2"]["covers"] is None for r in rows)},
         "approach2 bootstrap of points within budgets (replaced)": {
-            "a": rate(r["a2_old"]["covers"] for r in rows),
-            "median_width_a": med(r["a2_old"]["width"] for r in rows),
-            "median_valid_fraction": med(r["a2_old"]["valid_fraction"] for r in rows)},
+            "a": rate(r.get("a2_old", {}).get("covers") for r in rows),
+            "median_width_a": med(r.get("a2_old", {}).get("width") for r in rows),
+            "median_valid_fraction": med(r.get("a2_old", {}).get("valid_fraction") for r in rows)},
         "approach3 two-level parametric bootstrap (product)": {
             **{k: rate(r["a3"][f"covers_{k}"] for r in rows) for k in ("a", "alpha", "beta", "E")},
             "median_width_a": med(r["a3"]["width_a"] for r in rows),
@@ -206,15 +209,17 @@ def summarise(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python bench/coverage.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--sweeps", type=int, default=200, help="synthetic sweeps per scenario (default 200)")
-    p.add_argument("--budgets", default="1e10,3e12", help="smallest and largest budget, FLOPs (default 1e10,3e12)")
-    p.add_argument("--n-budgets", type=int, default=6, help="budgets, log-spaced (default 6)")
+    p.add_argument("--budgets", default="2e10,2e12", help="smallest and largest budget, FLOPs (default 2e10,2e12)")
+    p.add_argument("--n-budgets", type=int, default=7, help="budgets, log-spaced (default 7)")
     p.add_argument("--shapes", type=int, default=9, help="model sizes per budget (default 9)")
-    p.add_argument("--spacing", type=float, default=0.12, help="decades of N between sizes (default 0.12)")
+    p.add_argument("--spacing", type=float, default=0.125, help="decades of N between sizes (default 0.125)")
     p.add_argument("--tokens-per-param", type=float, default=20.0, help="the planner's centre (default 20)")
     p.add_argument("--law", default=",".join(str(CPU_LAW[k]) for k in ("E", "A", "B", "alpha", "beta")),
                    help="E,A,B,alpha,beta of the true law (default: a cpu-preset-scale law)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     p.add_argument("--bootstrap", type=int, default=1000, help="replicates per interval (default 1000, the product's)")
+    p.add_argument("--skip-replaced", action="store_true",
+                   help="skip the replaced intervals (approach 2's and 3's bootstraps of points): half the cost")
     p.add_argument("--no-holdout", action="store_true", help="skip the held-out prediction of the largest budget")
     p.add_argument("--holdout-law", default="auto", choices=["auto", "free", "tied"])
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -238,10 +243,14 @@ def main(argv=None):
 
     opts = {"budgets": (lo, hi), "n_budgets": args.n_budgets, "shapes": args.shapes, "spacing": args.spacing,
             "tokens_per_param": args.tokens_per_param, "law": law, "bootstrap": args.bootstrap,
-            "grid": STUDY_GRID, "holdout": not args.no_holdout, "holdout_law": args.holdout_law}
+            "grid": STUDY_GRID, "holdout": not args.no_holdout, "holdout_law": args.holdout_law,
+            "replaced": not args.skip_replaced}
+    info = device_info("cpu")
+    info["versions"].update(versions(("numpy", "scipy")))
+    names = args.scenarios.split(",")
     results = {}
     t_all = time.perf_counter()
-    for si, name in enumerate(args.scenarios.split(",")):
+    for si, name in enumerate(names):
         jobs = [(args.seed + 100_000 * si + i, SCENARIOS[name], {**opts, "grid_check": i == 0})
                 for i in range(args.sweeps)]
         t0 = time.perf_counter()
@@ -265,16 +274,15 @@ def main(argv=None):
                          **summarise(rows), "grid_check": rows[0].get("grid_check"),
                          "wall_s": round(time.perf_counter() - t0, 1)}
         print(f"{name}: {json_line(results[name])}", flush=True)
-
-    info = device_info("cpu")
-    info["versions"].update(versions(("numpy", "scipy")))
-    payload = {**info, "command": command_line(),
-               "design": {"budgets": [lo, hi], "n_budgets": args.n_budgets, "shapes": args.shapes,
-                          "spacing_decades": args.spacing, "tokens_per_param": args.tokens_per_param,
-                          "C": "6 N D", "law": law, "true_a": law["beta"] / (law["alpha"] + law["beta"])},
-               "sweeps_per_scenario": args.sweeps, "bootstrap": args.bootstrap, "grid": STUDY_GRID,
-               "nominal": 0.95, "scenarios": results, "wall_s": round(time.perf_counter() - t_all, 1)}
-    path = write_results(args.out, payload)
+        # written after every scenario, so an interrupted study keeps what it finished
+        path = write_results(args.out, {
+            **info, "command": command_line(),
+            "design": {"budgets": [lo, hi], "n_budgets": args.n_budgets, "shapes": args.shapes,
+                       "spacing_decades": args.spacing, "tokens_per_param": args.tokens_per_param,
+                       "C": "6 N D", "law": law, "true_a": law["beta"] / (law["alpha"] + law["beta"])},
+            "sweeps_per_scenario": args.sweeps, "bootstrap": args.bootstrap, "grid": STUDY_GRID,
+            "nominal": 0.95, "complete": si == len(names) - 1, "scenarios": results,
+            "wall_s": round(time.perf_counter() - t_all, 1)})
     print(f"wrote {path}")
     return 0
 
