@@ -118,6 +118,7 @@ def _worker_pids(parent_pid):
     return found
 
 
+@pytest.mark.slow
 def test_a_dead_rank_fails_the_run_instead_of_hanging(tmp_path, cache_dir):
     run_dir = tmp_path / "dead"
     args = TINY + ["train.tokens=2048000", "train.dist_timeout_s=60"]

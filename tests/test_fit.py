@@ -58,6 +58,7 @@ def exact_true_a(ds):
 
 
 # ------------------------------------------------------------------------------ Epoch replication
+@pytest.mark.slow
 def test_epoch_replication(refdata, tmp_path):
     """Approach 3 on Chinchilla's data less the 5 highest losses reproduces Epoch AI's exact replication.
 
@@ -433,6 +434,7 @@ def test_cli_on_fabricated_sweep(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_cli_6n_convention_reslices_or_refuses(tmp_path):
     """Under --flops 6n the runs of a budget planned with exact FLOPs are not equal-compute: approach 2 says so
     instead of relabelling the budgets (which made its a agree with the exact one by construction); approach 3
@@ -451,6 +453,7 @@ def test_cli_6n_convention_reslices_or_refuses(tmp_path):
     assert [p.C for p in fit.approach3.predictions] == [1e20]
 
 
+@pytest.mark.slow
 def test_cli_csv_with_column_flags(tmp_path):
     N, D, C, L = isoflop_arrays(budgets=np.logspace(17, 19, 3), Ns=np.logspace(7, 9, 9))
     p = tmp_path / "runs.csv"

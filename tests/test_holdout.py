@@ -59,6 +59,7 @@ def test_gadre_holdout_within_two_percent(refdata, tmp_path, name):
     assert set(h.law_choice["mean_abs_rel_error"]) == {"free", "tied"}
 
 
+@pytest.mark.slow
 def test_holdout_of_the_largest_budget_on_a_known_law(tmp_path):
     """A fabricated sweep (known law, 0.3% noise, 4 budgets): fit on three, predict the largest within 1.5%,
     with its IsoFLOP optimum compared against both approaches' predictions."""

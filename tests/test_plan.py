@@ -162,6 +162,7 @@ def test_shape_sweep_holds_n_and_varies_depth():
     assert max(n) / min(n) < 1.3, n
 
 
+@pytest.mark.slow
 def test_plan_cli_json_and_errors(tmp_path):
     p = run_cli(["-m", "sweeps.plan", "chinchilla", "--preset", "smoke", "--json"], cache_dir=tmp_path / "c",
                 timeout=300)

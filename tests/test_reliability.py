@@ -43,6 +43,7 @@ def test_relaunch_with_other_settings_is_refused_and_names_each_difference(tmp_p
     assert summary(run_dir)["model"]["width"] == 32 and summary(run_dir)["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_relaunched_with_other_settings_is_refused(tmp_path, cache_dir):
     """Resuming would continue a checkpoint under other settings: refused, naming the difference, and the
     checkpoints and record are left as they were."""
@@ -59,6 +60,7 @@ def test_an_interrupted_run_relaunched_with_other_settings_is_refused(tmp_path, 
     assert Checkpointer(run_dir).steps() == ckpts and (run_dir / "summary.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_a_skipped_run_is_retried_once_the_cause_is_fixed(tmp_path, cache_dir):
     run_dir = tmp_path / "skip"
     p = train(["train.tokens=4096", "train.min_steps=10"], run_dir, cache_dir)
@@ -89,6 +91,7 @@ def test_resume_skips_a_truncated_checkpoint_and_says_which(tmp_path, cache_dir)
     assert abs(out["final_val_loss"] - summary(ref)["final_val_loss"]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_a_second_process_refuses_a_folder_in_use(tmp_path, cache_dir):
     run_dir = tmp_path / "busy"
     run_dir.mkdir()
@@ -137,6 +140,7 @@ def test_a_run_that_learned_nothing_is_flagged_and_left_out_of_fits(tmp_path, ca
     assert len(ds) == 0 and "learned nothing" in ds.excluded[0]["reason"]
 
 
+@pytest.mark.slow
 def test_error_file_of_a_failed_attempt_goes_after_a_success(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -157,6 +161,7 @@ def test_cuda_graphs_on_a_cpu_are_refused(tmp_path, cache_dir):
     assert p.returncode == 2 and "train.cuda_graphs=true needs one process on a CUDA device" in p.stderr
 
 
+@pytest.mark.slow
 def test_a_cooldown_fork_equals_a_straight_wsd_run(tmp_path, cache_dir):
     """One trunk at constant lr, branched at the decay start: the fork's loss is the straight run's."""
     wsd = ["optim.schedule=wsd", "optim.wsd_decay=0.2", "optim.decay_shape=sqrt", "optim.min_lr_ratio=0",

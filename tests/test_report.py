@@ -60,6 +60,7 @@ def test_report_on_fabricated_sweep(tmp_path):
     assert not (tmp_path / "wandb").exists()  # wandb is opt-in
 
 
+@pytest.mark.slow
 def test_report_reads_existing_fit_and_notes_missing_plots(tmp_path):
     sweep, out = tmp_path / "sweep", tmp_path / "out"
     make_sweep(sweep, curves=False, bad_runs=False)
@@ -76,6 +77,7 @@ def test_report_reads_existing_fit_and_notes_missing_plots(tmp_path):
     assert not (out / "shape.png").exists()
 
 
+@pytest.mark.slow
 def test_report_follows_the_fit(tmp_path):
     """One source of truth: sweeps.fit rewriting fit.json rebuilds the report beside it (it used to leave the
     report and the plots showing the old fit)."""
@@ -104,6 +106,7 @@ def test_report_cli_bad_dir_and_empty_folder(tmp_path):
     assert not (tmp_path / "fit.json").exists() and not (tmp_path / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_plots_are_readable_without_warnings(tmp_path):
     """Every plot of a fabricated sweep (and of one whose law is not identified): at least two labelled ticks on
     every axis, no overlapping tick labels, and no RuntimeWarning while drawing."""
@@ -181,6 +184,7 @@ def test_intervals_print_readably():
     assert fmt_ci(None) == "-"
 
 
+@pytest.mark.slow
 def test_run_analysis_as_the_callback_calls_it(tmp_path):
     """The end-of-sweep analysis holds out the largest budget, predicts it from the others, and says how
     well in the report."""
@@ -202,6 +206,7 @@ def test_run_analysis_as_the_callback_calls_it(tmp_path):
     assert "Fit on the smaller budgets, predicted the largest: error" in md
 
 
+@pytest.mark.slow
 def test_run_analysis_wandb_is_opt_in(tmp_path, monkeypatch):
     make_sweep(tmp_path, noise=0.002, bad_runs=False)
 
@@ -213,6 +218,7 @@ def test_run_analysis_wandb_is_opt_in(tmp_path, monkeypatch):
     assert st["ok"] and "wandb" not in st
 
 
+@pytest.mark.slow
 def test_report_cli_wandb_is_opt_in(tmp_path, monkeypatch):
     """`python -m sweeps.report DIR` logs no wandb run unless --wandb is given (it used to log one by default)."""
     from sweeps import report
@@ -240,6 +246,7 @@ def test_run_analysis_never_raises(tmp_path):
     assert "Status: FAILED" in md and "loss NaN" in md
 
 
+@pytest.mark.slow
 def test_unidentified_fit_is_said_so_everywhere(tmp_path):
     make_sweep(tmp_path, budgets=(1e15, 3e15, 1e16), shapes=[(32, 1), (48, 1), (64, 2), (96, 2)], bad_runs=False,
                noise=0.002)
@@ -257,6 +264,7 @@ def test_unidentified_fit_is_said_so_everywhere(tmp_path):
         assert "Status: OK" not in text and "NOT IDENTIFIED" in text and fit.approach3.reason in text
 
 
+@pytest.mark.slow
 def test_wandb_summary_run_disabled_mode(tmp_path):
     """tests/conftest.py sets WANDB_MODE=disabled: the summary-run code runs end to end without network."""
     make_sweep(tmp_path, curves=False, bad_runs=False)
@@ -268,6 +276,7 @@ def test_wandb_summary_run_disabled_mode(tmp_path):
     assert out["run"]["mode"] == "disabled" and "error" not in out["run"], out
 
 
+@pytest.mark.slow
 def test_wandb_report_offline_says_why_and_exits_0(tmp_path):
     make_sweep(tmp_path, curves=False, bad_runs=False)
     env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc")}

@@ -174,6 +174,7 @@ def test_a_setting_every_job_shares_is_checked_once_before_launching(tmp_path, c
     assert not sweep_dir.exists() or not [d for d in sweep_dir.iterdir() if d.is_dir()]
 
 
+@pytest.mark.slow
 def test_bad_preset_is_one_line(tmp_path):
     p = run_cli(SMOKE[:-1] + ["sweep.preset=nope", f"hydra.sweep.dir={tmp_path / 's'}"], timeout=120)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr

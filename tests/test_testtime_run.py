@@ -54,6 +54,7 @@ def test_the_task_corpus_is_a_data_source(tmp_path):
     assert other.fingerprint()["hash"] != ds.fingerprint()["hash"]
 
 
+@pytest.mark.slow
 def test_a_run_samples_after_training_and_keeps_per_problem_counts(sampled):
     s = summary(sampled)
     assert s["status"] == "completed" and s["data"]["source"] == "tasks"
@@ -82,6 +83,7 @@ def test_a_run_samples_after_training_and_keeps_per_problem_counts(sampled):
                                          "seed": 3}
 
 
+@pytest.mark.slow
 def test_without_testtime_a_run_does_not_sample(tmp_path, cache_dir):
     run_train(["data.source=tasks"] + TASKS[1:], tmp_path / "run", cache_dir)  # the source, without its group file
     s = summary(tmp_path / "run")
@@ -91,6 +93,7 @@ def test_without_testtime_a_run_does_not_sample(tmp_path, cache_dir):
     assert not any(k.startswith("testtime/") for r in metrics(tmp_path / "run") for k in r)
 
 
+@pytest.mark.slow
 def test_other_sampling_settings_are_other_settings(sampled, cache_dir):
     before = (sampled / "summary.json").read_text()
     p = run_train(TASKS + ON[:-1] + ["testtime.seed=4"], sampled, cache_dir, check=False)

@@ -107,6 +107,7 @@ def test_each_divergence_guard_records_its_own_reason(tmp_path, cache_dir, args,
     assert s["status"] == "diverged" and s["reason"].startswith(reason), s["reason"]
 
 
+@pytest.mark.slow
 def test_deterministic_on_cpu_and_seed_matters(tmp_path, cache_dir):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run_train(TINY + ["train.tokens=10240", "train.seed=3"], a, cache_dir)
@@ -126,6 +127,7 @@ def test_budget_sets_tokens_from_exact_flops(tmp_path, cache_dir):
     assert s["compute"] == pytest.approx(s["tokens"] * s["flops_per_token"])
 
 
+@pytest.mark.slow
 def test_divergence_guard_records_diverged_and_exits_zero(tmp_path, cache_dir):
     run_dir = tmp_path / "div"
     p = run_train(TINY + ["optim.lr=50", "optim.warmup=0", "optim.grad_clip=0", "train.log_every=1"],
@@ -145,6 +147,7 @@ def test_run_needing_more_data_than_exists_is_skipped(tmp_path, cache_dir):
     assert "skipped" in p.stderr
 
 
+@pytest.mark.slow
 def test_completed_run_is_not_redone(tmp_path, cache_dir):
     run_dir = tmp_path / "again"
     run_train(TINY + ["train.tokens=5120", "train.min_steps=1"], run_dir, cache_dir)
@@ -154,6 +157,7 @@ def test_completed_run_is_not_redone(tmp_path, cache_dir):
     assert (run_dir / "summary.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduces_uninterrupted_loss(tmp_path, cache_dir):
     args = TINY + ["train.tokens=81920", "train.ckpt_every=10", "train.eval_every=40"]
     ref = tmp_path / "ref"
@@ -217,7 +221,15 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("override, fragments", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+# One of each kind (model config, a value's type, a typo, the planner, the data, a config group) in the quick
+# suite; each costs a process start (~2 s), so the rest run with the slow ones (CI runs all).
+QUICK_BAD = {"model.width=30 model.heads=4", "train.tokens=abc", "+model.wdth=64", "train.batch_tokens=1000",
+             "data=text data.path=/nonexistent/corpus.txt", "logger=tensorboard"}
+
+
+@pytest.mark.parametrize("override, fragments", [
+    pytest.param(o, f, id=" ".join(o), marks=() if " ".join(o) in QUICK_BAD else pytest.mark.slow)
+    for o, f in BAD_INPUTS])
 def test_bad_input_is_a_clear_error(tmp_path, cache_dir, override, fragments):
     run_dir = tmp_path / "bad"
     p = run_train(TINY + override, run_dir, cache_dir, check=False, timeout=120)
