@@ -131,7 +131,7 @@ def family_shape(n_target: float, family, base) -> Shape:
     def miss(s: Shape) -> float:
         return abs(math.log(s.params_total / n_target))
 
-    depth = min(range(1, family.max_depth + 1),
+    depth = min(range(family.min_depth, family.max_depth + 1),
                 key=lambda d: miss(at(max(step, round(family.aspect * d / step) * step), d)))
     lo, hi = step, step * 4096
     while hi - lo > step:  # bisect the width that reaches n_target at this depth
@@ -407,6 +407,9 @@ def _check_preset(sweep: str, key: str, p) -> None:
         raise PlanError(f"{where}.cooldown={p.cooldown} must be in (0, 1)")
     if p.eval_points < 1:
         raise PlanError(f"{where}.eval_points={p.eval_points} must be >= 1")
+    if not 1 <= p.family.min_depth <= p.family.max_depth:
+        raise PlanError(f"{where}.family.min_depth={p.family.min_depth} must be in [1, family.max_depth="
+                        f"{p.family.max_depth}]")
 
 
 def _checks(jobs: List[Job], preset, key: str, unique_tokens: int, sweep: str, schedule: str):

@@ -76,6 +76,15 @@ def test_family_shapes_grow_with_n_and_keep_the_aspect_ratio():
         assert 0.5 < s.width / s.depth / 64 < 2  # near the family's aspect ratio
 
 
+def test_min_depth_keeps_every_shape_at_or_above_it_and_is_checked():
+    plan, _ = plan_of("chinchilla", "cpu", "sweep.presets.cpu.family.min_depth=2")
+    depths = {j.shape.depth for j in plan.jobs}
+    assert min(depths) == 2, depths
+    assert min(j.shape.depth for j in plan_of("chinchilla", "cpu")[0].jobs) == 1  # the default allows depth 1
+    with pytest.raises(P.PlanError, match="min_depth=0"):
+        plan_of("chinchilla", "cpu", "sweep.presets.cpu.family.min_depth=0")
+
+
 def test_forks_share_their_trunk_and_branch_at_the_decay_start():
     plan, run = plan_of("chinchilla", "cpu")
     preset = run.sweep.presets["cpu"]

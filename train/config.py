@@ -128,11 +128,13 @@ class TestTimeConfig:
 @dataclass
 class ShapeFamily:
     """Model shapes of one family (sweeps/plan.py): depth grows with width at a fixed aspect ratio
-    (width / depth), heads of a fixed head dim, widths on a grid of `width_step`."""
+    (width / depth), heads of a fixed head dim, widths on a grid of `width_step`, depth within
+    [min_depth, max_depth] (min_depth 2 keeps one-layer models, which cannot form induction heads, out)."""
 
     aspect: float = 32.0
     head_dim: int = 16
     width_step: int = 8
+    min_depth: int = 1
     max_depth: int = 48
 
 
