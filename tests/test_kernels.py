@@ -280,6 +280,19 @@ def ce_inputs(N=123, D=48, V=301, ignore_frac=0.2, device=DEV):
     return x, w, t
 
 
+def assert_ce_matches_float64(x, w, t, **kwargs):
+    """The Triton loss and both gradients against the float64 reference, float32 tolerance."""
+    xo, wo = leaf(x), leaf(w)
+    loss = linear_cross_entropy(xo, wo, t, backend="triton", **kwargs)
+    dx, dw = torch.autograd.grad(loss, (xo, wo))
+    xr, wr = leaf(x, torch.float64), leaf(w, torch.float64)
+    lossr = linear_cross_entropy_reference(xr, wr, t)
+    dxr, dwr = torch.autograd.grad(lossr, (xr, wr))
+    assert rel_err(loss, lossr) <= TOL32
+    assert rel_err(dx, dxr) <= TOL32
+    assert rel_err(dw, dwr) <= TOL32
+
+
 @pytest.mark.parametrize("chunk_size", [None, 40, 1])
 def test_linear_cross_entropy_matches_float64_reference(chunk_size):
     if chunk_size == 1:
@@ -310,15 +323,7 @@ def test_linear_cross_entropy_small_chunk_budget(monkeypatch):
     assert ce_mod._chunk_rows(50, 301, torch.float32, None) == 13  # 4 even chunks of <= 16 rows
     assert ce_mod._chunk_rows(48, 301, torch.float32, None) == 16
     assert ce_mod._chunk_rows(50, 301, torch.float32, 7) == 7
-    xo, wo = leaf(x), leaf(w)
-    loss = linear_cross_entropy(xo, wo, t, backend="triton")
-    dx, dw = torch.autograd.grad(loss, (xo, wo))
-    xr, wr = leaf(x, torch.float64), leaf(w, torch.float64)
-    lossr = linear_cross_entropy_reference(xr, wr, t)
-    dxr, dwr = torch.autograd.grad(lossr, (xr, wr))
-    assert rel_err(loss, lossr) <= TOL32
-    assert rel_err(dx, dxr) <= TOL32
-    assert rel_err(dw, dwr) <= TOL32
+    assert_ce_matches_float64(x, w, t)
 
 
 def test_linear_cross_entropy_all_ignored_is_zero():
@@ -383,15 +388,7 @@ def test_linear_cross_entropy_vocab_against_the_block(V):
     # 128): a vocabulary below one block, an exact multiple (all-masked tail) and one past it.
     x, w, t = ce_inputs(N=30, V=V)
     t[2] = V - 1  # the last logit is a target: the tail's target handling is exercised
-    xo, wo = leaf(x), leaf(w)
-    loss = linear_cross_entropy(xo, wo, t, backend="triton", chunk_size=16)
-    dx, dw = torch.autograd.grad(loss, (xo, wo))
-    xr, wr = leaf(x, torch.float64), leaf(w, torch.float64)
-    lossr = linear_cross_entropy_reference(xr, wr, t)
-    dxr, dwr = torch.autograd.grad(lossr, (xr, wr))
-    assert rel_err(loss, lossr) <= TOL32
-    assert rel_err(dx, dxr) <= TOL32
-    assert rel_err(dw, dwr) <= TOL32
+    assert_ce_matches_float64(x, w, t, chunk_size=16)
 
 
 def test_linear_cross_entropy_float16_scales_after_the_kernel(monkeypatch):
