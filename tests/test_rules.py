@@ -167,15 +167,24 @@ def test_plan_rule_batch_is_rounded_to_whole_sequences_per_rank():
     assert tiny.batch_tokens == 512  # never below one sequence per rank
 
 
-def test_plan_warmup_is_n_tokens_capped_at_a_quarter():
-    optim, train = cfgs(tokens=2048 * 100, batch_tokens=2048)
-    assert rules.plan_run(optim, train, 128, 1, n_params=20_000, flops_per_token=1.0).warmup_steps == 10  # ceil
-    assert rules.plan_run(optim, train, 128, 1, n_params=20_480, flops_per_token=1.0).warmup_steps == 10
-    assert rules.plan_run(optim, train, 128, 1, n_params=10**7, flops_per_token=1.0).warmup_steps == 25  # cap
+def test_plan_warmup_is_n_tokens_but_at_least_two_over_one_minus_beta2_steps_capped_at_a_quarter():
+    optim, train = cfgs(tokens=2048 * 2000, batch_tokens=2048)  # 2,000 steps: the cap is 500
+
+    def warmup(o, n):
+        return rules.plan_run(o, train, 128, 1, n_params=n, flops_per_token=1.0).warmup_steps
+
+    assert warmup(optim, 2048 * 300) == 300  # N tokens = 300 steps > 200
+    assert warmup(optim, 2048 * 300 + 1) == 301  # ceil
+    assert warmup(optim, 20_000) == 200  # N tokens is 10 steps; beta2 0.99 (the rule's) needs 2 / 0.01 = 200
+    assert warmup(cfgs(beta2=0.9)[0], 20_000) == 20  # 2 / (1 - 0.9)
+    assert warmup(cfgs(beta2=0.95)[0], 20_000) == 40
+    assert warmup(optim, 10**7) == 500  # N tokens = 4,883 steps: capped at a quarter of the run
+    short = cfgs(tokens=2048 * 100, batch_tokens=2048)[1]
+    assert rules.plan_run(optim, short, 128, 1, n_params=20_000, flops_per_token=1.0).warmup_steps == 25  # cap wins
     o2, _ = cfgs(warmup=0.1)
-    assert rules.plan_run(o2, train, 128, 1, n_params=10**7, flops_per_token=1.0).warmup_steps == 10
+    assert warmup(o2, 10**7) == 200
     o3, _ = cfgs(warmup=7)
-    assert rules.plan_run(o3, train, 128, 1, n_params=10**7, flops_per_token=1.0).warmup_steps == 7
+    assert warmup(o3, 10**7) == 7
 
 
 def test_plan_given_values_win_over_rules():

@@ -59,7 +59,7 @@ class OptimConfig:
     lr_rule: str = "size"  # used when lr is null; see train/rules.py
     schedule: str = "cosine"  # cosine | wsd | constant
     min_lr_ratio: float = 0.1  # cosine / wsd end at lr * min_lr_ratio
-    warmup: Optional[float] = 0.05  # < 1: fraction of the run's steps; >= 1: steps; null: N tokens (Porian et al.)
+    warmup: Optional[float] = 0.05  # < 1: fraction of the run's steps; >= 1: steps; null: the rule (train/rules.py)
     wsd_decay: float = 0.2  # WSD: fraction of steps spent in the final decay
     decay_shape: str = "linear"  # WSD's final decay: linear, or sqrt (1 - sqrt, Hägele et al. 2024)
     beta1: float = 0.9

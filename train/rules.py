@@ -22,7 +22,8 @@ training compute in FLOPs (exact convention).
 - init_std (model.init_std null): 0.02 sqrt(768 / width), GPT-2's 0.02 at its width, scaled as 1/sqrt(width).
   At these widths (16-128) a fixed 0.02 leaves the model on a plateau whose exit time varies by seed: it was
   the source of the seed-to-seed spread (docs/size-rules.md).
-- warmup (null): N tokens, i.e. ceil(N / batch_tokens) steps (Porian et al.'s short warmup), at most 25% of the run
+- warmup (null): N tokens, i.e. ceil(N / batch_tokens) steps (Porian et al.'s short warmup), but at least
+            2 / (1 - beta2) steps (200 at beta2 0.99; Ma & Yarats 2021), at most 25% of the run
 - beta2 (null): 0.99 up to 220M parameters, 0.95 above (Porian et al.: beta2 matters at small batch)
 """
 from __future__ import annotations
@@ -60,6 +61,13 @@ def batch_tokens_rule(rule: str, n_params: int, compute: float) -> float:
 def init_std_rule(width: int) -> float:
     """std of the weights' normal init: GPT-2's 0.02 at its width 768, scaled as 1 / sqrt(width)."""
     return 0.02 * math.sqrt(768 / width)
+
+
+def warmup_rule(n_params: int, batch_tokens: int, beta2: float) -> int:
+    """Warmup steps: N tokens (Porian et al. 2024), but never fewer than 2 / (1 - beta2) steps (Ma & Yarats
+    2021): Adam's second-moment average needs about that many steps before its step sizes are trustworthy.
+    At the cpu preset's sizes N tokens is only ~30 steps, and the seed-to-seed spread came from there."""
+    return max(math.ceil(n_params / batch_tokens), math.ceil(2.0 / (1.0 - beta2) - 1e-9))  # 1 - 0.9 is not 0.1 in floats
 
 
 def beta2_rule(n_params: int) -> float:
@@ -106,13 +114,13 @@ def plan_run(optim, train, seq_len: int, world_size: int, n_params: int, flops_p
                 f"use train.batch_tokens <= {int(requested) // unit * unit} or more train.tokens"
             )
     steps = max(1, int(round(requested / batch_tokens)))
+    beta2 = optim.beta2 if optim.beta2 is not None else beta2_rule(n_params)
     if optim.warmup is None:
-        warmup = min(math.ceil(n_params / batch_tokens), steps // 4)
+        warmup = min(warmup_rule(n_params, batch_tokens, beta2), steps // 4)
     elif optim.warmup < 1:
         warmup = int(round(optim.warmup * steps))
     else:
         warmup = int(optim.warmup)
     lr = optim.lr if optim.lr is not None else lr_rule(optim.lr_rule, n_params, compute)
-    beta2 = optim.beta2 if optim.beta2 is not None else beta2_rule(n_params)
     return Plan(tokens=steps * batch_tokens, batch_tokens=batch_tokens, steps=steps, warmup_steps=warmup,
                 lr=lr, beta2=beta2, requested_tokens=requested)
