@@ -358,7 +358,7 @@ def test_load_opens_and_validates(pycode_small, tmp_path):
     assert ds.dir == pycode_small and ds.vocab_size == 256
     assert isinstance(ds.train.tokens, np.memmap) and ds.train.tokens.dtype == np.uint16
     assert len(ds.train) == ds.meta["splits"]["train"]["tokens"]
-    assert ds.bytes_per_token("val") == 1.0 and ds.bytes_per_token("val", n_tokens=1000) == 1.0
+    assert ds.bytes_per_token("val") == 1.0 and ds.bytes_per_token("val", targets=ds.val.tokens[:1000]) == 1.0
     assert ds.tokenizer().name == "bytes"
     assert ds.fingerprint()["train_tokens"] == len(ds.train)
     # data=bin on our own folder: used in place
@@ -431,7 +431,7 @@ def test_nanogpt_raw_uint16_shards(tmp_path, data_log):
     ds = load(DataConfig(source="bin", path=str(folder)), progress=False)
     assert ds.dir == folder and ds.vocab_size == 65 and "inferred" in ds.meta["vocab_source"]
     assert "max token id + 1" in data_log.text
-    assert ds.bytes_per_token("val") is None and ds.bytes_per_token("val", n_tokens=100) is None
+    assert ds.bytes_per_token("val") is None and ds.bytes_per_token("val", targets=np.arange(100)) is None
     assert np.array_equal(ds.train.tokens, train) and len(ds.val) == 700
     assert sorted(p.name for p in folder.iterdir()) == before  # used in place, nothing written
     x, y = TrainSequences(ds.train, 64, seed=0).get(0, 4)
@@ -560,6 +560,12 @@ def test_bpe_dataset_trains_on_train_split_only(tmp_path):
         assert int((arr == eot).sum()) == ds.meta["splits"][s]["documents"]  # one EOT after each document
         assert int(ds.token_bytes[arr].sum()) == ds.meta["splits"][s]["bytes"]
     assert ds.bytes_per_token("val") > 1.5
+    # over given targets (what the run scores: the y of each val batch), exactly those tokens' bytes
+    arr = np.asarray(ds.val.tokens)
+    parts = [arr[:7], arr[20:23].reshape(1, 3)]
+    want = (ds.token_bytes[arr[:7]].sum() + ds.token_bytes[arr[20:23]].sum()) / 10
+    assert ds.bytes_per_token("val", targets=parts) == pytest.approx(want)
+    assert ds.bytes_per_token("val", targets=arr[:7]) == pytest.approx(ds.token_bytes[arr[:7]].mean())
 
 
 # ----------------------------------------------------------------------------- batches
@@ -639,9 +645,17 @@ def test_val_batches_are_fixed(pycode_small):
 
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
     flat = torch.cat([torch.cat([x[:, :1], y], 1) for x, y in a]).numpy()
-    raw = np.asarray(ds.val.tokens[: 4096 + 1])
-    for i, row in enumerate(flat):  # in order, from the start of the val split
-        assert np.array_equal(row, raw[i * 128:i * 128 + 129])
+    raw = np.asarray(ds.val.tokens)
+    n_windows = (len(raw) - 1) // 128
+    assert n_windows > 4 * 32  # the split is much longer than the val set, so spreading it is visible
+    starts = [next(w for w in range(n_windows) if np.array_equal(row, raw[w * 128:w * 128 + 129])) for row in flat]
+    assert starts == list(batches.val_windows(len(raw), 128, 32))
+    # evenly spaced over the whole split (not its first documents), each window once
+    gaps = np.diff(sorted(starts))
+    assert len(set(starts)) == 32 and gaps.min() >= n_windows // 32 - 1 and gaps.max() <= n_windows // 32 + 1
+    assert sorted(starts)[-1] >= n_windows * 31 // 32 - 1
+    # a prefix (the intermediate evaluations' subset) is spread too, not the split's start
+    assert max(starts[:8]) - min(starts[:8]) > n_windows // 2
     c = val_batches(ds.val, 100, 1000, 3)  # 10 windows: batches of 3, 3, 3, 1
     assert [x.shape[0] for x, _ in c] == [3, 3, 3, 1]
 

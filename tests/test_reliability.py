@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY, run_cli, summary
+from train.data import VAL_SET
 from train.checkpoint import Checkpointer
 from train.lock import RunLock
 
@@ -41,6 +42,21 @@ def test_relaunch_with_other_settings_is_refused_and_names_each_difference(tmp_p
     # the explicit option trains the folder again with the new settings
     p = train(SHORT + ["model.shape=32x1x1", "train.resume=never"], run_dir, cache_dir, check=True)
     assert summary(run_dir)["model"]["width"] == 32 and summary(run_dir)["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_result_scored_on_the_old_validation_set_is_not_reused(tmp_path, cache_dir):
+    """Records made before the validation set was spread over the split scored their val loss on its first
+    tokens: the same settings relaunched refuse to call that result done."""
+    run_dir = tmp_path / "run"
+    train(SHORT, run_dir, cache_dir, check=True)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["identity"]["val_set"] == VAL_SET
+    del s["identity"]["val_set"]  # as a record made before the key existed
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    p = train(SHORT, run_dir, cache_dir)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert f"val_set: None -> {VAL_SET!r}" in p.stderr, p.stderr
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from train import log as logs
 from train import testtime
 from train.checkpoint import Checkpointer, CheckpointError, load_step
 from train.config import RunConfig, validate
-from train.data import DataError, Dataset, TrainSequences, load, val_batches
+from train.data import VAL_SET, DataError, Dataset, TrainSequences, load, val_batches
 from train.io_utils import check_writable, git_commit, versions
 from train.lock import LockedError, RunLock
 from train.loggers import make_logger
@@ -244,6 +244,7 @@ def run_identity(run: RunConfig, gpt: GPTConfig, plan: Plan, data_fingerprint: d
         "model": {k: v for k, v in dataclasses.asdict(gpt).items() if k != "kernels"},
         "data": data_fingerprint,
         "val_tokens": run.data.val_tokens,
+        "val_set": VAL_SET,
         "optim": {"lr": plan.lr, "beta1": o.beta1, "beta2": plan.beta2, "eps": o.eps,
                   "weight_decay": o.weight_decay, "grad_clip": o.grad_clip, "warmup_steps": plan.warmup_steps,
                   "schedule": o.schedule, "min_lr_ratio": o.min_lr_ratio, "wsd_decay": o.wsd_decay,
@@ -402,7 +403,7 @@ def _train(run: RunConfig, run_dir: Path, prep: Prepared, info: D.DistInfo, reco
     val = val_batches(prep.data.val, gpt.seq_len, run.data.val_tokens, micro)
     subset = len(val) if t.eval_tokens is None else max(1, min(len(val), -(-t.eval_tokens // (micro * gpt.seq_len))))
     data = TrainData(sequences=prep.sequences, val_batches=val, val_subset=subset, micro=micro,
-                     bytes_per_token=prep.data.bytes_per_token("val", n_tokens=sum(y.numel() for _, y in val)))
+                     bytes_per_token=prep.data.bytes_per_token("val", targets=[y for _, y in val]))
     settings = _loop_settings(run, plan, info)
     trainer = Trainer(model=wrapped, optimizer=optimizer, plan=plan, settings=settings, data=data, info=info,
                       logger=logger, checkpointer=checkpointer, flops_per_token=prep.flops.exact,

@@ -5,7 +5,7 @@
     seqs = TrainSequences(ds.train, seq_len=256, seed=0)
     x, y = seqs.get(step * batch, batch)         # a pure function of the index
     val = val_batches(ds.val, 256, cfg.val_tokens, batch_size=32)
-    bpb = loss_nats / math.log(2) / ds.bytes_per_token("val", n_tokens=sum(y.numel() for _, y in val))
+    bpb = loss_nats / math.log(2) / ds.bytes_per_token("val", targets=[y for _, y in val])
 
 `load` is one pass: source (sources.py) -> tokenizer (tokenizer.py) -> shards (builder.py, in the
 cache, built once) -> Dataset (here). Sources (`data.source`, registry `SOURCES`): `pycode` (the
@@ -33,7 +33,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from .batches import TrainSequences, val_batches
+from .batches import VAL_SET, TrainSequences, val_batches, val_windows
 from .builder import as_config, nominal_vocab_size, prepare
 from .config import DataConfig, DataError
 from .shards import META, SPLITS, TOKEN_BYTES, TokenShard, check_dtype, check_ids, raw_bin_meta, read_meta
@@ -41,7 +41,7 @@ from .sources import SOURCES, Source
 from .tokenizer import TOKENIZERS, Tokenizer, get_tokenizer
 
 __all__ = ["DataConfig", "DataError", "Dataset", "TokenShard", "TrainSequences", "Tokenizer", "Source",
-           "get_tokenizer", "prepare", "load", "open_dataset", "nominal_vocab_size", "val_batches",
+           "get_tokenizer", "prepare", "load", "open_dataset", "nominal_vocab_size", "val_batches", "val_windows", "VAL_SET",
            "SOURCES", "TOKENIZERS"]
 
 
@@ -62,16 +62,17 @@ class Dataset:
             raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
         return self.train if name == "train" else self.val
 
-    def bytes_per_token(self, split: str = "val", n_tokens: Optional[int] = None) -> Optional[float]:
+    def bytes_per_token(self, split: str = "val", targets=None) -> Optional[float]:
         """UTF-8 bytes per token (for bits per byte = nats per token / ln 2 / bytes_per_token).
 
-        n_tokens=None: over the whole split. n_tokens=k: over the targets of the first k
-        predictions, tokens[1:k+1] (what val_batches scores when k = windows * seq_len),
-        exact when the per-token byte table is known. None when bytes are unknown (raw bin)."""
-        shard = self.split(split)
-        if n_tokens is not None and self.token_bytes is not None and len(shard) > 1:
-            k = max(1, min(int(n_tokens), len(shard) - 1))
-            return float(self.token_bytes[np.asarray(shard.tokens[1:k + 1])].sum(dtype=np.int64)) / k
+        targets=None: over the whole split. targets (token ids: an array, tensor, or a list of them,
+        e.g. the y of every val batch): over exactly those tokens, when the per-token byte table is
+        known. None when bytes are unknown (raw bin)."""
+        self.split(split)  # a bad name raises
+        if targets is not None and self.token_bytes is not None:
+            ids = np.concatenate([np.asarray(t).ravel() for t in (targets if isinstance(targets, list) else [targets])])
+            if ids.size:
+                return float(self.token_bytes[ids].sum(dtype=np.int64)) / ids.size
         info = self.meta["splits"][split]
         if info.get("bytes") is None or not info.get("tokens"):
             return None

@@ -105,11 +105,29 @@ class TrainSequences:
         return _to_tensors(self.get_numpy(start, n))
 
 
+# Which windows make the validation set; part of every run record's identity (train/run.py), so a result
+# scored on another validation set is never reused. "prefix": the first val_tokens of the split (before
+# 2026-11-26); "spread": evenly spaced windows over the whole split.
+VAL_SET = "spread"
+
+
+def val_windows(n_tokens: int, seq_len: int, count: int) -> np.ndarray:
+    """Window indices (window w = tokens[w*seq_len : w*seq_len + seq_len + 1]) of the validation set:
+    `count` windows evenly spaced over all (n_tokens - 1) // seq_len windows of the split, in a fixed
+    shuffled order. Spread, because the split's first tokens are a handful of documents (pycode: two or
+    three files), and a loss on so few documents moved a run's result by more than its seed did; shuffled,
+    so that any prefix (the intermediate evaluations' subset) is spread over the split as well."""
+    n_windows = (n_tokens - 1) // seq_len
+    count = min(count, n_windows)
+    spread = np.arange(count, dtype=np.int64) * n_windows // count
+    return spread[epoch_permutation(count, seed=0x7A1, epoch=0)]
+
+
 def val_batches(shard: Any, seq_len: int, val_tokens: int, batch_size: int) -> List[Tuple[Any, Any]]:
-    """The fixed validation set: the first `val_tokens` target tokens of the val split, cut into
-    windows of seq_len + 1 tokens starting at multiples of seq_len (as for training), in order,
-    grouped into batches of `batch_size` windows (the last may be smaller). Identical for
-    every run with the same data and seq_len."""
+    """The fixed validation set: val_tokens // seq_len windows of seq_len + 1 tokens (starting at
+    multiples of seq_len, as for training) spread over the whole val split (`val_windows`), grouped
+    into batches of `batch_size` windows (the last may be smaller). Identical for every run with the
+    same data and seq_len."""
     if seq_len < 1 or batch_size < 1 or val_tokens < 1:
         raise DataError(f"val_batches needs positive seq_len, val_tokens and batch_size; got {seq_len}, "
                         f"{val_tokens}, {batch_size}")
@@ -125,10 +143,7 @@ def val_batches(shard: Any, seq_len: int, val_tokens: int, batch_size: int) -> L
     if n < val_tokens + 1:
         log.warning("data: the val split has %d tokens, fewer than data.val_tokens=%d; validating on the %d target "
                     "tokens there are", n, val_tokens, count * seq_len)
-    arr = np.asarray(toks[: count * seq_len + 1])
+    windows = val_windows(n, seq_len, count)
     offsets = np.arange(seq_len + 1, dtype=np.int64)
-    batches = []
-    for b in range(0, count, batch_size):
-        w = np.arange(b, min(b + batch_size, count), dtype=np.int64)
-        batches.append(_to_tensors(arr[w[:, None] * seq_len + offsets[None, :]]))
-    return batches
+    return [_to_tensors(np.asarray(toks[windows[b:b + batch_size, None] * seq_len + offsets[None, :]]))
+            for b in range(0, count, batch_size)]

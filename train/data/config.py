@@ -45,7 +45,7 @@ class DataConfig:
     bpe_vocab_size: int = 4096
     site_packages: bool = False  # pycode: add the interpreter's site-packages to the stdlib
     val_fraction: float = 0.05  # share of documents (by content hash) held out for validation
-    val_tokens: int = 131072  # the fixed validation set: the first val_tokens tokens of val
+    val_tokens: int = 131072  # the fixed validation set: this many tokens in windows spread over the val split
     max_tokens: Optional[int] = None  # cap on the corpus size (documents taken in order)
     vocab_size: Optional[int] = None  # bin only: vocabulary of raw nanoGPT shards without meta
     # None: the SCALELAB_CACHE environment variable when set, else $XDG_CACHE_HOME (or ~/.cache)/scalelab/data
