@@ -14,6 +14,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -58,6 +59,7 @@ class Dataset:
     excluded: list = field(default_factory=list)  # {"name", "reason"}
     curves: list = field(default_factory=list)  # {"name", "N", "fpt", "C": array, "loss": array}
     notes: list = field(default_factory=list)
+    steps: Optional[np.ndarray] = None  # optimizer steps per point (sweep folders; None when unknown, as in CSVs)
 
     def __len__(self):
         return len(self.N)
@@ -76,6 +78,8 @@ class Dataset:
         """A copy holding only the points where ``keep`` is true (runs, exclusions and curves are shared)."""
         keep = np.asarray(keep, dtype=bool)
         cut = {k: getattr(self, k)[keep] for k in ("N", "D", "C", "loss", "budget", "fpt")}
+        if self.steps is not None:
+            cut["steps"] = self.steps[keep]
         names = [n for n, k in zip(self.names, keep) if k]
         return replace(self, names=names, **cut)
 
@@ -201,7 +205,7 @@ def collect(sweep_dir, params="total", flops="exact", loss_key="final_val_loss",
     majority = hashes.most_common(1)[0][0] if hashes else None
 
     runs, excluded, curves = [], [], []
-    cols = {k: [] for k in ("N", "D", "C", "loss", "budget", "fpt")}
+    cols = {k: [] for k in ("N", "D", "C", "loss", "budget", "fpt", "steps")}
     names = []
     for d, rel, s, err in records:
         row = {"name": rel, "dir": rel, "status": None, "reason": None, "sweep": None, "group": None,
@@ -259,7 +263,8 @@ def collect(sweep_dir, params="total", flops="exact", loss_key="final_val_loss",
         row["used"] = True
         names.append(row["name"])
         for k, v in (("N", N), ("D", D), ("C", D * fpt), ("loss", loss),
-                     ("budget", row["budget"] if row["budget"] else np.nan), ("fpt", fpt)):
+                     ("budget", row["budget"] if row["budget"] else np.nan), ("fpt", fpt),
+                     ("steps", s.steps if s.steps else np.nan)):
             cols[k].append(v)
         c = _curve(d, row["name"], N, fpt, fpt_exact)
         if c is not None:
@@ -273,7 +278,7 @@ def collect(sweep_dir, params="total", flops="exact", loss_key="final_val_loss",
                    loss=arr["loss"], names=names, budget=arr["budget"], fpt=arr["fpt"],
                    params_convention=params, params_description=PARAMS_CONVENTIONS[params],
                    flops_convention=flops, flops_description=FLOPS_CONVENTIONS[flops],
-                   runs=runs, excluded=excluded, curves=curves, notes=notes)
+                   runs=runs, excluded=excluded, curves=curves, notes=notes, steps=arr["steps"])
 
 
 # -------------------------------------------------------------------------------------------- CSV

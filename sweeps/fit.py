@@ -41,6 +41,26 @@ log = get_logger("fit")
 DEFAULT_BOOTSTRAP = 1000
 MIN_POINTS = 3
 EXTRAPOLATION_DECADES = 1.0
+# Approach 3 fits only runs with at least this many optimizer steps. L(N, D) describes runs limited by
+# parameters and data; a run of a few dozen steps is limited by its optimizer (Adam's second-moment average
+# alone needs ~2 / (1 - beta2) = 200 steps at beta2 0.99, the warmup rule's floor). On the cpu preset such
+# runs are the big shapes at the small budgets, and they pulled approach 3's a down (docs/cpu-sweep/).
+# Approaches 1 and 2 keep them: each budget's parabola needs its right-hand side, and its fit is local.
+A3_MIN_STEPS = 200
+
+
+def approach3_points(ds, min_steps):
+    """(the points approach 3 and the holdout fit, a note saying what was left out or None). Points whose
+    steps are unknown (CSV input) are kept."""
+    if not min_steps or ds.steps is None or len(ds) == 0:
+        return ds, None
+    few = np.nan_to_num(ds.steps, nan=np.inf) < min_steps
+    if not few.any():
+        return ds, None
+    note = (f"approach 3 and the holdout fit the {int((~few).sum())} of {len(ds)} points with at least {min_steps} "
+            f"optimizer steps; {int(few.sum())} shorter runs (optimization-limited, not parameter- or data-limited) "
+            "are left out of them (--a3-min-steps 0 keeps every point)")
+    return ds.subset(~few), note
 
 
 def load_input(path, *, params="total", flops="exact", loss_key="final_val_loss", sweep="auto",
@@ -102,11 +122,12 @@ def overall_status(fit):
 def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predict=None, approaches=(1, 2, 3),
                 huber_delta=HUBER_DELTA, c_tol=C_TOL_DECADES, window=WINDOW_DECADES, grid="epoch",
                 approach1_points="annealed", interval="two-level", holdout_rule=None, holdout_law="auto",
-                holdout_grid="coarse", level=bs.DEFAULT_LEVEL):
+                holdout_grid="coarse", level=bs.DEFAULT_LEVEL, a3_min_steps=A3_MIN_STEPS):
     """Run the approaches (and the held-out prediction) on a Dataset; a :class:`FitResult` (never raises on
     bad runs)."""
     t0 = time.perf_counter()
     n = len(ds)
+    ds3, a3_note = approach3_points(ds, a3_min_steps)
     C_range = [float(ds.C.min()), float(ds.C.max())] if n else None
     predict = [float(c) for c in (predict if predict is not None else default_predict(*C_range) if n else [])]
     mark = extrapolation_marker(*C_range) if n else None
@@ -114,14 +135,14 @@ def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predic
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), input=ds.source, input_kind=ds.kind,
         params_convention=ds.params_convention, params_convention_description=ds.params_description,
         flops_convention=ds.flops_convention, flops_convention_description=ds.flops_description,
-        notes=list(ds.notes), n_points=n, n_excluded=len(ds.excluded), fitted_C_range=C_range,
+        notes=list(ds.notes) + ([a3_note] if a3_note else []), n_points=n, n_excluded=len(ds.excluded), fitted_C_range=C_range,
         settings={"bootstrap": int(bootstrap), "seed": seed, "huber_delta": huber_delta, "predict": predict,
                   "ci_level": level, "c_tol_decades": c_tol, "window_decades": window,
                   "grid": grid if isinstance(grid, str) else "custom", "approach1_points": approach1_points,
                   "interval": interval, "holdout": None if holdout_rule is None else str(holdout_rule),
-                  "holdout_law": holdout_law, "holdout_grid": holdout_grid})
+                  "holdout_law": holdout_law, "holdout_grid": holdout_grid, "a3_min_steps": a3_min_steps,
+                  "a3_points": len(ds3)})
     common = dict(predict=predict, extrapolation=mark, c_tol=c_tol, level=level)
-    groups = group_budgets(ds.C, ds.budget, c_tol) if n else None
     res.approach1.reason = res.approach2.reason = res.approach3.reason = "not requested"
     if n and 1 in approaches:
         log.info(f"approach 1: envelope of {len(ds)} runs")
@@ -132,11 +153,13 @@ def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predic
         res.approach2 = approach2(ds.N, ds.D, ds.C, ds.loss, budget=ds.budget, fpt=ds.fpt, names=ds.names,
                                   window=window, **common)
     if n and 3 in approaches:
-        log.info(f"approach 3: fitting L(N, D) to {n} points ({grid if isinstance(grid, str) else 'custom'} grid, "
-                 f"{bootstrap} bootstrap replicates)")
-        res.approach3 = approach3(ds.N, ds.D, ds.loss, ds.C, groups=groups, bootstrap=bootstrap, seed=seed,
+        log.info(f"approach 3: fitting L(N, D) to {len(ds3)} points ({grid if isinstance(grid, str) else 'custom'} "
+                 f"grid, {bootstrap} bootstrap replicates)")
+        groups = group_budgets(ds3.C, ds3.budget, c_tol) if len(ds3) else None
+        res.approach3 = approach3(ds3.N, ds3.D, ds3.loss, ds3.C, groups=groups, bootstrap=bootstrap, seed=seed,
                                   delta=huber_delta, grid=grid, interval=interval, **common)
     if n and holdout_rule is not None:
+        ds = ds3  # the holdout checks approach 3's law, on the points that law is fitted to
         rule = largest_budget_rule(ds, c_tol) if str(holdout_rule) == "largest" else holdout_rule
         if rule is None:
             res.holdout = Holdout(rule="largest", status="skipped",
@@ -236,6 +259,7 @@ def format_summary(fit):
         top = sorted(counts.items(), key=lambda kv: -kv[1])
         lines.append("  excluded: " + "; ".join(f"{n} x {why}" for why, n in top[:4])
                      + (f"; ... ({len(top) - 4} more reasons, see fit.json)" if len(top) > 4 else ""))
+    lines += [f"  note: {n}" for n in fit.notes]
     lines.append(f"{'':<4}{'status':<16}{'a (N_opt ~ C^a)':<26}{'b (D_opt ~ C^b)':<26}notes")
     for label, (k, r) in zip("123", fit.approaches()):
         lines += _approach_row(label, r)
@@ -317,6 +341,9 @@ def build_parser():
     g.add_argument("--interval", choices=INTERVAL_METHODS, default="two-level",
                    help="approach 3 bootstrap: two-level parametric (default; see bench/results/coverage-cpu.json) "
                    "or points (the classic resampling of points)")
+    g.add_argument("--a3-min-steps", type=int, default=A3_MIN_STEPS, metavar="K",
+                   help="approach 3 and the holdout: fit only runs with at least K optimizer steps (sweep folders; "
+                   "default %(default)s, 0 keeps all): shorter runs are limited by the optimizer, not by N or D")
     g = p.add_argument_group("held-out prediction")
     g.add_argument("--holdout", default=None, metavar="RULE", help=f"hold out the points matching RULE ({RULE_HELP}), "
                    "fit on the rest and predict them")
@@ -349,13 +376,16 @@ def main(argv=None):
             raise FitInputError(f"--approaches {args.approaches!r}: choose from 1, 2, 3")
         if args.bootstrap < 0:
             raise FitInputError(f"--bootstrap {args.bootstrap}: must be >= 0")
+        if args.a3_min_steps < 0:
+            raise FitInputError(f"--a3-min-steps {args.a3_min_steps}: must be >= 0 (0 keeps every point)")
         res, path = run_fit(args.input, args.out, drop_highest=args.drop_highest_loss, params=args.params,
                             flops=args.flops, loss_key=args.loss_key, sweep=args.sweep, n_col=args.n_col,
                             d_col=args.d_col, loss_col=args.loss_col, c_col=args.c_col,
                             budget_col=args.budget_col, where=args.where, bootstrap=args.bootstrap, seed=args.seed,
                             predict=predict, approaches=approaches, c_tol=args.c_tol, window=args.window,
                             grid=args.grid, approach1_points=args.approach1_points, interval=args.interval,
-                            holdout_rule=args.holdout, holdout_law=args.holdout_law, holdout_grid=args.holdout_grid)
+                            holdout_rule=args.holdout, holdout_law=args.holdout_law, holdout_grid=args.holdout_grid,
+                            a3_min_steps=args.a3_min_steps)
     except (FitInputError, OSError) as e:  # OSError: e.g. the output folder is not writable
         print(f"sweeps.fit: error: {e}", file=sys.stderr)
         return 2

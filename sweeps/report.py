@@ -323,7 +323,7 @@ def make_report(report_dir, *, wandb_enabled=False, wandb_report=False, wandb_op
 
 _FIT_KWARGS = set(LOAD_KEYS) | {"bootstrap", "seed", "predict", "approaches", "grid", "huber_delta", "c_tol",
                                 "window", "drop_highest", "approach1_points", "interval", "holdout_law",
-                                "holdout_grid"}
+                                "holdout_grid", "a3_min_steps"}
 
 
 def run_analysis(sweep_dir, out_dir=None, *, wandb_enabled=False, wandb_report=False, wandb_group=None,

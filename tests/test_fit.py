@@ -501,3 +501,31 @@ def test_cli_bad_input_exits_2(tmp_path, case):
     assert expect in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("fit.json"))
+
+
+def test_approach3_leaves_out_optimization_limited_runs():
+    """Runs with few optimizer steps score worse than L(N, D) says (their optimizer, not N or D, limits
+    them): approach 3 on every point is pulled off the true law; with the default step floor it recovers it,
+    and approaches 1 and 2 still see every point."""
+    from sweeps.collect import Dataset
+    from sweeps.fit import A3_MIN_STEPS, fit_dataset
+
+    N, D, C, loss = centred_arrays(noise=0.002, seed=3, spacing=0.15)
+    steps = D / (C.min() / (6 * N.min())) * 400  # the smallest budget's smallest model: 400 steps
+    short = steps < A3_MIN_STEPS
+    assert 5 <= short.sum() <= len(N) // 2  # the big shapes at the small budgets
+    worse = loss * (1 + 0.3 * (A3_MIN_STEPS / np.minimum(steps, A3_MIN_STEPS) - 1))
+    ds = Dataset.from_arrays(N, D, C, worse, budget=C)
+    ds.steps = steps
+    kept = fit_dataset(ds, bootstrap=50, grid="coarse", approaches=(2, 3))
+    every = fit_dataset(ds, bootstrap=50, grid="coarse", approaches=(2, 3), a3_min_steps=0)
+    truth = true_a()
+    assert abs(kept.approach3.a - truth) < 0.02
+    assert abs(every.approach3.a - truth) > 2 * abs(kept.approach3.a - truth)
+    assert kept.settings["a3_points"] == len(N) - short.sum() and every.settings["a3_points"] == len(N)
+    assert any(f"{len(N) - short.sum()} of {len(N)} points with at least {A3_MIN_STEPS}" in n for n in kept.notes)
+    assert not any("optimizer steps" in n for n in every.notes)
+    assert kept.approach2.a == every.approach2.a  # approach 2 fits every point either way
+    # steps unknown (a CSV): every point is kept
+    ds.steps = None
+    assert fit_dataset(ds, bootstrap=0, grid="coarse", approaches=(3,)).settings["a3_points"] == len(N)
