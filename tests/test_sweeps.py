@@ -107,9 +107,13 @@ def test_relaunch_redoes_nothing_finished_and_completes_the_rest(smoke_sweep):
 
 @pytest.mark.slow
 def test_the_end_of_sweep_fits_ran_on_every_point(smoke_sweep):
-    """Not just a fit.json with the approaches' keys: approach 3 fitted every point it was given, on the first
-    launch (one trunk's shape missing) and the relaunch; approach 2 saw every point of the relaunch (whether
-    the smoke points give each budget an interior minimum is the data's business, not the test's)."""
+    """Not just a fit.json with the approaches' keys: approach 3 fitted every point it was given (the runs
+    with at least A3_MIN_STEPS optimizer steps), on the first launch (one trunk's shape missing) and the
+    relaunch; approach 2 saw every point of the relaunch (whether the smoke points give each budget an
+    interior minimum is the data's business, not the test's)."""
+    from sweeps.collect import collect
+    from sweeps.fit import A3_MIN_STEPS
+
     first = smoke_sweep["fit_first"]
     assert first is not None
     final, why = load_fit(smoke_sweep["dir"])
@@ -117,7 +121,10 @@ def test_the_end_of_sweep_fits_ran_on_every_point(smoke_sweep):
     for fit in (first, final):
         a3 = fit.approach3
         assert a3.status != "skipped", a3.reason
-        assert math.isfinite(a3.a) and a3.n_points == fit.n_points > 0
+        assert math.isfinite(a3.a) and a3.n_points == fit.settings["a3_points"] > 0
+        assert fit.settings["a3_min_steps"] == A3_MIN_STEPS and fit.settings["a3_points"] <= fit.n_points
+    ds = collect(smoke_sweep["dir"])
+    assert final.settings["a3_points"] == int((ds.steps >= A3_MIN_STEPS).sum())
     assert final.approach2.n_points == final.n_points, final.approach2.reason
 
 
