@@ -50,17 +50,17 @@ A3_MIN_STEPS = 200
 
 
 def approach3_points(ds, min_steps):
-    """(the points approach 3 and the holdout fit, a note saying what was left out or None). Points whose
-    steps are unknown (CSV input) are kept."""
-    if not min_steps or ds.steps is None or len(ds) == 0:
-        return ds, None
+    """(a mask of the points approach 3 and the holdout fit, a note saying what was left out or None).
+    Points whose steps are unknown (CSV input) are kept."""
+    if not min_steps or ds.steps is None:
+        return np.ones(len(ds), dtype=bool), None
     few = np.nan_to_num(ds.steps, nan=np.inf) < min_steps
     if not few.any():
-        return ds, None
+        return ~few, None
     note = (f"approach 3 and the holdout fit the {int((~few).sum())} of {len(ds)} points with at least {min_steps} "
             f"optimizer steps; {int(few.sum())} shorter runs (optimization-limited, not parameter- or data-limited) "
             "are left out of them (--a3-min-steps 0 keeps every point)")
-    return ds.subset(~few), note
+    return ~few, note
 
 
 def load_input(path, *, params="total", flops="exact", loss_key="final_val_loss", sweep="auto",
@@ -127,7 +127,8 @@ def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predic
     bad runs)."""
     t0 = time.perf_counter()
     n = len(ds)
-    ds3, a3_note = approach3_points(ds, a3_min_steps)
+    in3, a3_note = approach3_points(ds, a3_min_steps)
+    ds3 = ds.subset(in3)
     C_range = [float(ds.C.min()), float(ds.C.max())] if n else None
     predict = [float(c) for c in (predict if predict is not None else default_predict(*C_range) if n else [])]
     mark = extrapolation_marker(*C_range) if n else None
@@ -159,19 +160,19 @@ def fit_dataset(ds, *, bootstrap=DEFAULT_BOOTSTRAP, seed=bs.DEFAULT_SEED, predic
         res.approach3 = approach3(ds3.N, ds3.D, ds3.loss, ds3.C, groups=groups, bootstrap=bootstrap, seed=seed,
                                   delta=huber_delta, grid=grid, interval=interval, **common)
     if n and holdout_rule is not None:
-        ds = ds3  # the holdout checks approach 3's law, on the points that law is fitted to
-        rule = largest_budget_rule(ds, c_tol) if str(holdout_rule) == "largest" else holdout_rule
+        # the holdout checks approach 3's law, on the points that law is fitted to
+        rule = largest_budget_rule(ds3, c_tol) if str(holdout_rule) == "largest" else holdout_rule
         if rule is None:
             res.holdout = Holdout(rule="largest", status="skipped",
                                   reason="fewer than 3 budgets: holding out the largest would leave one to fit")
         else:
-            res.holdout = holdout(ds, rule, law=holdout_law, grid=holdout_grid, bootstrap=bootstrap, seed=seed,
+            res.holdout = holdout(ds3, rule, law=holdout_law, grid=holdout_grid, bootstrap=bootstrap, seed=seed,
                                   delta=huber_delta, level=level, c_tol=c_tol, window=window)
     res.status = overall_status(res)
     if res.status != "ok":
         details = "; ".join(f"{k}: {r.status.replace('_', ' ')}: {r.reason}" for k, r in res.approaches() if r.reason)
         res.problem = ("no approach could be fitted: " if res.status == "failed" else "") + details
-    res.points = ds.points()
+    res.points = [{**row, "approach3": bool(used)} for row, used in zip(ds.points(), in3)]
     res.excluded = list(ds.excluded)
     res.runs = list(ds.runs)
     res.versions = versions(("numpy", "scipy"))

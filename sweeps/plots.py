@@ -277,7 +277,7 @@ def build_loss_vs_compute(fit, curves=None):
 # ------------------------------------------------------------------------------------ residuals
 def build_residuals(fit, curves=None):
     r3 = _law3(fit)
-    pts = fit.points
+    pts = [p for p in fit.points if p.get("approach3", True)]  # approach 3 may fit a subset (its step floor)
     if not r3 or not r3.residuals_log or len(pts) != len(r3.residuals_log):
         return "approach 3 not fitted"
     res = np.array(r3.residuals_log)

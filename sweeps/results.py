@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from train.io_utils import to_jsonable, write_json
 
-SCHEMA = "scalelab.fit/2"
+SCHEMA = "scalelab.fit/3"  # 3: approach 3 may fit a subset of the points; each point row says if ("approach3")
 FIT_JSON = "fit.json"
 STATUSES = ("ok", "indicative", "not_identified", "skipped")
 # The whole fit: "ok" when approach 2 or 3 is ok, else "indicative" when one is indicative, else

@@ -526,6 +526,13 @@ def test_approach3_leaves_out_optimization_limited_runs():
     assert any(f"{len(N) - short.sum()} of {len(N)} points with at least {A3_MIN_STEPS}" in n for n in kept.notes)
     assert not any("optimizer steps" in n for n in every.notes)
     assert kept.approach2.a == every.approach2.a  # approach 2 fits every point either way
+    # the held-out check uses approach 3's points, and fit.json still lists every point (the plots draw them)
+    held = fit_dataset(ds, bootstrap=0, grid="coarse", approaches=(2,), holdout_rule="largest")
+    assert len(held.points) == held.n_points == len(N)
+    assert [p["approach3"] for p in kept.points] == list(~short) and all(p["approach3"] for p in every.points)
+    from sweeps.plots import build_residuals  # pairs approach 3's residuals with the points it fitted
+    assert not isinstance(build_residuals(kept), str)
+    assert held.holdout.n_train + len(held.holdout.points) == len(N) - short.sum()
     # steps unknown (a CSV): every point is kept
     ds.steps = None
     assert fit_dataset(ds, bootstrap=0, approaches=(2,)).settings["a3_points"] == len(N)

@@ -115,8 +115,8 @@ def val_windows(n_tokens: int, seq_len: int, count: int) -> np.ndarray:
     """Window indices (window w = tokens[w*seq_len : w*seq_len + seq_len + 1]) of the validation set:
     `count` windows evenly spaced over all (n_tokens - 1) // seq_len windows of the split, in a fixed
     shuffled order. Spread, because the split's first tokens are a handful of documents (pycode: two or
-    three files), and a loss on so few documents moved a run's result by more than its seed did; shuffled,
-    so that any prefix (the intermediate evaluations' subset) is spread over the split as well."""
+    three files), and a loss on so few documents describes them, not the corpus (5% above it on pycode);
+    shuffled, so that any prefix (the intermediate evaluations' subset) is spread over the split as well."""
     n_windows = (n_tokens - 1) // seq_len
     count = min(count, n_windows)
     spread = np.arange(count, dtype=np.int64) * n_windows // count
